@@ -1,0 +1,37 @@
+"""otpd: one-time passcodes and transactional messages, as an asyncio daemon or library."""
+
+from otpd.app import Otpd
+from otpd.config import Config, load_config
+from otpd.errors import (
+    ConfigError,
+    DeliveryError,
+    InvalidTokenError,
+    NotFoundError,
+    OtpdError,
+    PermanentDeliveryError,
+    RateLimitedError,
+    SmsBlockedError,
+    TransientDeliveryError,
+    UnauthorizedError,
+    UnavailableError,
+    ValidationError,
+)
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DeliveryError",
+    "InvalidTokenError",
+    "NotFoundError",
+    "Otpd",
+    "OtpdError",
+    "PermanentDeliveryError",
+    "RateLimitedError",
+    "SmsBlockedError",
+    "TransientDeliveryError",
+    "UnauthorizedError",
+    "UnavailableError",
+    "ValidationError",
+    "load_config",
+]
+__version__ = "0.1.0"

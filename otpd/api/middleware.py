@@ -1,0 +1,102 @@
+"""One place that turns every failure into the uniform JSON error, and API-key auth."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from otpd.config import ApiKey
+from otpd.errors import OtpdError, RateLimitedError, UnauthorizedError
+
+__all__ = ["auth_middleware", "error_middleware", "error_response"]
+
+log = structlog.get_logger("otpd.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    408: "request_timeout",
+    413: "validation_error",
+    415: "unsupported_media_type",
+}
+
+
+def error_response(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> web.Response:
+    body = {"error": {"code": code, "message": message, "details": details or {}}}
+    return web.json_response(body, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except OtpdError as exc:
+        response = error_response(exc.status, exc.code, exc.message, exc.details)
+        if isinstance(exc, RateLimitedError):
+            response.headers["Retry-After"] = str(exc.retry_after)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        status = 422 if exc.status == 413 else exc.status
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        response = error_response(status, code, exc.reason)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("api.unhandled_error", method=request.method, path=request.path)
+        response = error_response(500, "internal_error", "internal error")
+    log.debug(
+        "api.request",
+        method=request.method,
+        path=request.path,
+        status=response.status,
+        ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+    return response
+
+
+def auth_middleware(keys: Sequence[ApiKey]) -> Middleware:
+    """Require ``Authorization: Bearer <key>`` on ``/v1``; compare digests in constant time."""
+    digests = [(k.name, k.sha256.encode()) for k in keys]
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/v1/") or not digests:
+            return await handler(request)
+        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise UnauthorizedError("missing bearer API key")
+        digest = hashlib.sha256(key.strip().encode()).hexdigest().encode()
+        client = None
+        for name, expected in digests:  # no early exit: every key is compared
+            if hmac.compare_digest(digest, expected):
+                client = name
+        if client is None:
+            raise UnauthorizedError("invalid API key")
+        request["client"] = client
+        structlog.contextvars.bind_contextvars(client=client)
+        try:
+            return await handler(request)
+        finally:
+            structlog.contextvars.unbind_contextvars("client")
+
+    return middleware

@@ -1,0 +1,109 @@
+"""HTTP handlers: parse, call a service, render JSON. Nothing else happens here."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from otpd.api.schemas import IssueOtpBody, VerifyOtpBody, parse_body
+from otpd.app import Otpd
+from otpd.clock import rfc3339
+from otpd.errors import ValidationError
+
+__all__ = ["OTPD", "routes"]
+
+OTPD = web.AppKey("otpd", Otpd)
+T = TypeVar("T")
+
+routes = web.RouteTableDef()
+
+
+async def read_body(request: web.Request, cls: type[T]) -> T:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[OTPD].config.server.max_body_bytes
+        raise ValidationError(
+            f"the body exceeds {limit} bytes", details={"body": f"larger than {limit} bytes"}
+        ) from None
+    return parse_body(cls, raw)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+@routes.post("/v1/otp")
+async def issue_otp(request: web.Request) -> web.Response:
+    body = await read_body(request, IssueOtpBody)
+    issued = await request.app[OTPD].otp.issue(**dataclasses.asdict(body))
+    return _json(
+        {
+            "otp_id": issued.otp_id,
+            "expires_at": rfc3339(issued.expires_at),
+            "deliveries": [
+                {"channel": d.channel.value, "task_id": d.task_id} for d in issued.deliveries
+            ],
+        },
+        status=202,
+    )
+
+
+@routes.post("/v1/otp/verify")
+async def verify_otp(request: web.Request) -> web.Response:
+    body = await read_body(request, VerifyOtpBody)
+    result = await request.app[OTPD].otp.verify(**dataclasses.asdict(body))
+    if result.verified:
+        return _json({"verified": True})
+    return _json(
+        {"verified": False, "reason": str(result.reason), "attempts_left": result.attempts_left}
+    )
+
+
+@routes.get("/v1/tasks/{task_id}")
+async def get_task(request: web.Request) -> web.Response:
+    record = await request.app[OTPD].tasks.get(request.match_info["task_id"])
+    return _json(record.to_public())
+
+
+@routes.get("/v1/health/messaging")
+async def messaging_health(request: web.Request) -> web.Response:
+    providers = await request.app[OTPD].messaging_health()
+    return _json(
+        {
+            "providers": [
+                {
+                    "name": p.name,
+                    "channel": p.channel.value,
+                    "state": p.state,
+                    "consecutive_failures": p.consecutive_failures,
+                    "last_error": p.last_error,
+                    "last_success_at": rfc3339(p.last_success_at) if p.last_success_at else None,
+                    "details": p.details,
+                }
+                for p in providers
+            ]
+        }
+    )
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    checks = await request.app[OTPD].readiness()
+    ready = all(c["ok"] for c in checks.values())
+    return _json(
+        {"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503
+    )
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[OTPD].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})

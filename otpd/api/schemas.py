@@ -1,0 +1,127 @@
+"""Request bodies as dataclasses, with one strict parser: types, required fields, no
+unknown fields. Semantic checks (email, phone, ids) belong to the services."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from otpd.errors import ValidationError
+
+__all__ = ["IssueOtpBody", "VerifyOtpBody", "parse_body"]
+
+T = TypeVar("T")
+
+MAX_STR = 2048
+
+
+def _max(n: int) -> Any:
+    return {"max_len": n}
+
+
+def _check(value: Any, tp: Any, meta: dict[str, Any]) -> str | None:
+    """Return a problem description or None."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check(value, inner[0], meta)
+    if tp is str:
+        if not isinstance(value, str):
+            return "must be a string"
+        if len(value) > meta.get("max_len", MAX_STR):
+            return f"at most {meta.get('max_len', MAX_STR)} characters"
+        return None
+    if tp is int:
+        return (
+            None if isinstance(value, int) and not isinstance(value, bool) else "must be an integer"
+        )
+    if tp is bool:
+        return None if isinstance(value, bool) else "must be true or false"
+    if origin is dict or tp is dict:
+        return None if isinstance(value, dict) else "must be an object"
+    if origin is list:
+        if not isinstance(value, list):
+            return "must be an array"
+        if "max_items" in meta and len(value) > meta["max_items"]:
+            return f"at most {meta['max_items']} items"
+        for i, item in enumerate(value):
+            problem = _check(item, args[0], {})
+            if problem:
+                return f"item {i}: {problem}"
+        return None
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            return "must be an object"
+        try:
+            _build(tp, value)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            return "; ".join(f"{k}: {v}" for k, v in exc.fields.items())
+        return None
+    raise TypeError(f"unsupported schema type {tp!r}")  # pragma: no cover
+
+
+def _build(cls: type[T], data: dict[str, Any]) -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    problems = {name: "unknown field" for name in data if name not in fields}
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in data:
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if required:
+                problems[name] = "required"
+            continue
+        problem = _check(data[name], hints[name], dict(f.metadata))
+        if problem:
+            problems[name] = problem
+            continue
+        value = data[name]
+        tp = hints[name]
+        if typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+            value = [_build(typing.get_args(tp)[0], item) for item in value]
+        kwargs[name] = value
+    if problems:
+        raise ValidationError("request validation failed", fields=problems)
+    return cls(**kwargs)
+
+
+def parse_body(cls: type[T], raw: bytes) -> T:
+    """Parse a JSON object body into ``cls`` or raise a 422 with per-field details."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "body is not UTF-8"
+        raise ValidationError("malformed JSON", details={"body": msg}) from None
+    except RecursionError:
+        raise ValidationError("malformed JSON", details={"body": "nested too deeply"}) from None
+    if not isinstance(data, dict):
+        raise ValidationError("the body must be a JSON object", details={"body": "not an object"})
+    return _build(cls, data)
+
+
+@dataclass(frozen=True, slots=True)
+class IssueOtpBody:
+    user_id: str = field(metadata=_max(128))
+    channel: str = field(metadata=_max(16))
+    email: str | None = field(default=None, metadata=_max(254))
+    phone: str | None = field(default=None, metadata=_max(32))
+    purpose: str = field(default="login", metadata=_max(32))
+    locale: str | None = field(default=None, metadata=_max(16))
+    client_ip: str | None = field(default=None, metadata=_max(64))
+    user_agent: str | None = field(default=None, metadata=_max(512))
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyOtpBody:
+    user_id: str = field(metadata=_max(128))
+    code: str = field(metadata=_max(16))
+    purpose: str = field(default="login", metadata=_max(32))
+    client_ip: str | None = field(default=None, metadata=_max(64))
+    user_agent: str | None = field(default=None, metadata=_max(512))

@@ -1,0 +1,84 @@
+"""Command line: ``otpd serve``, ``otpd check-config``. The only place that owns
+``asyncio.run``, signal handling and logging setup."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Sequence
+
+import structlog
+
+from otpd.config import Config, load_config, masked_config
+from otpd.errors import ConfigError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="otpd", description="OTP and transactional messaging daemon"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the daemon")
+    check = sub.add_parser("check-config", help="validate and print the effective config")
+    for p in (serve, check):
+        p.add_argument("--config", help="TOML file (default: $OTPD_CONFIG or ./config.toml)")
+    return parser
+
+
+def _load(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"otpd: invalid configuration: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+async def _serve(config: Config) -> None:
+    from otpd.api import HttpServer
+    from otpd.app import Otpd
+
+    log = structlog.get_logger("otpd")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Otpd(config) as otpd, HttpServer(otpd) as server:
+        log.info(
+            "otpd.listening",
+            url=server.url,
+            env=config.server.env,
+            store=config.store.backend,
+            email_providers=list(config.email.providers),
+            sms_providers=list(config.sms.providers),
+            outbox=config.outbox.dir
+            if {"outbox", "console"} & {*config.email.providers, *config.sms.providers}
+            else None,
+        )
+        await stop.wait()
+        log.info("otpd.stopping")
+    log.info("otpd.stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    config = _load(args.config)
+    if args.command == "check-config":
+        print(json.dumps(masked_config(config), indent=2))
+        print("otpd: configuration is valid", file=sys.stderr)
+        return
+    from otpd.logging import configure_logging
+
+    fmt = config.logging.format
+    if fmt == "auto":
+        fmt = "json" if config.server.env == "production" else "console"
+    configure_logging(config.logging.level, fmt)
+    try:
+        asyncio.run(_serve(config))
+    except (ConfigError, RuntimeError, OSError) as exc:
+        structlog.get_logger("otpd").error("otpd.failed_to_start", error=str(exc))
+        raise SystemExit(1) from None

@@ -1,0 +1,252 @@
+"""Background delivery: a queue, N workers, retries, recorded task status, graceful drain.
+
+Callers only use :meth:`Dispatcher.enqueue`, which returns once the task is recorded in
+the store; a durable queue (Redis Streams) can replace the in-process one behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+import structlog
+
+from otpd.clock import Clock
+from otpd.config import DispatchConfig
+from otpd.dispatch.retry import RetryPolicy
+from otpd.errors import DeliveryError, PermanentDeliveryError, UnavailableError
+from otpd.metrics import Metrics
+from otpd.models import Channel, Message, TaskRecord, TaskStatus
+from otpd.providers.chain import ProviderChain
+from otpd.store.base import Store
+
+__all__ = ["Dispatcher", "ShutdownReport"]
+
+log = structlog.get_logger("otpd.dispatch")
+
+
+@dataclass(slots=True)
+class _Job:
+    record: TaskRecord
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownReport:
+    """What the drain could not finish; those tasks are recorded as failed."""
+
+    unfinished: tuple[str, ...] = field(default_factory=tuple)
+    drained_in_time: bool = True
+
+
+class Dispatcher:
+    """Delivers messages through per-channel provider chains in background workers."""
+
+    def __init__(
+        self,
+        store: Store,
+        chains: Mapping[Channel, ProviderChain],
+        config: DispatchConfig,
+        *,
+        clock: Clock,
+        metrics: Metrics,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.store = store
+        self.chains = dict(chains)
+        self.config = config
+        self._clock = clock
+        self._metrics = metrics
+        self.retry = retry or RetryPolicy(
+            config.max_attempts, config.backoff_base_seconds, config.backoff_max_seconds
+        )
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._waiting: dict[str, tuple[_Job, asyncio.TimerHandle]] = {}
+        self._interrupted: list[_Job] = []
+        self._accepting = False
+        self.last_report: ShutdownReport | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        if self._queue is not None:
+            raise RuntimeError("the dispatcher is already running")
+        self._queue = asyncio.Queue()
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"otpd-worker-{i}")
+            for i in range(self.config.workers)
+        ]
+        self._accepting = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.last_report = await self.shutdown()
+
+    @property
+    def running(self) -> bool:
+        return self._accepting and any(not w.done() for w in self._workers)
+
+    @property
+    def depth(self) -> int:
+        return 0 if self._queue is None else self._queue.qsize()
+
+    async def shutdown(self) -> ShutdownReport:
+        """Stop intake, drain within ``drain_timeout_seconds``, fail what is left."""
+        if self._queue is None:
+            return self.last_report or ShutdownReport()
+        self._accepting = False
+        queue = self._queue
+        # Retries waiting for their backoff would outlive the drain: give up on them now.
+        leftover: list[_Job] = []
+        for job, handle in self._waiting.values():
+            handle.cancel()
+            leftover.append(job)
+        self._waiting.clear()
+        drained = True
+        try:
+            await asyncio.wait_for(queue.join(), self.config.drain_timeout_seconds)
+        except TimeoutError:
+            drained = False
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+        while not queue.empty():
+            leftover.append(queue.get_nowait())
+        leftover.extend(self._interrupted)
+        self._interrupted.clear()
+        for job in leftover:
+            await self._finish(job, TaskStatus.FAILED, "shutdown: not delivered before stop")
+        self._queue = None
+        report = ShutdownReport(tuple(j.record.task_id for j in leftover), drained)
+        log.info(
+            "dispatcher.stopped",
+            drained_in_time=drained,
+            unfinished=len(report.unfinished),
+            unfinished_tasks=list(report.unfinished),
+        )
+        return report
+
+    # ------------------------------------------------------------------ intake
+
+    async def enqueue(self, message: Message) -> TaskRecord:
+        """Record a task for ``message`` and queue it; returns the recorded task."""
+        if message.channel not in self.chains:
+            raise UnavailableError(f"no {message.channel} providers are configured")
+        if not self._accepting or self._queue is None:
+            raise UnavailableError("the dispatcher is not accepting messages")
+        if self._queue.qsize() + len(self._waiting) >= self.config.queue_size:
+            raise UnavailableError("the delivery queue is full")
+        now = self._clock.time()
+        record = TaskRecord(
+            task_id="tsk_" + secrets.token_hex(12),
+            channel=message.channel,
+            status=TaskStatus.QUEUED,
+            tag=message.tag,
+            created_at=now,
+            updated_at=now,
+        )
+        await self.store.put_task(record, self.config.task_ttl_seconds)
+        self._queue.put_nowait(_Job(record, message))
+        self._metrics.queue_depth.set(self._queue.qsize())
+        return record
+
+    # ------------------------------------------------------------------ workers
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        while True:
+            job = await queue.get()
+            self._metrics.queue_depth.set(queue.qsize())
+            try:
+                await self._attempt(job)
+            except asyncio.CancelledError:
+                # cancelled mid-delivery by a drain that ran out of time
+                self._interrupted.append(job)
+                raise
+            except Exception:
+                # A worker must survive anything; the task still ends in a visible state.
+                log.exception("dispatcher.worker_error", task_id=job.record.task_id)
+                await self._finish(job, TaskStatus.FAILED, "internal error during delivery")
+            finally:
+                queue.task_done()
+
+    async def _attempt(self, job: _Job) -> None:
+        record = job.record
+        record.attempts += 1
+        await self._save(job, TaskStatus.SENDING)
+        chain = self.chains[record.channel]
+        try:
+            result = await chain.send(job.message)
+        except PermanentDeliveryError as exc:
+            await self._finish(job, TaskStatus.FAILED, f"{exc.reason}: {exc.message}", exc.provider)
+            return
+        except DeliveryError as exc:
+            error = f"{exc.reason}: {exc.message}"
+            if self._accepting and self.retry.should_retry(record.attempts):
+                delay = self.retry.delay(record.attempts)
+                record.last_error = error
+                await self._save(job, TaskStatus.RETRYING)
+                self._schedule(job, delay)
+                log.info(
+                    "task.retrying",
+                    task_id=record.task_id,
+                    attempts=record.attempts,
+                    delay=round(delay, 3),
+                    reason=exc.reason,
+                )
+            else:
+                await self._finish(job, TaskStatus.FAILED, error)
+            return
+        record.last_error = ""
+        await self._finish(job, TaskStatus.SENT, "", result.provider)
+
+    def _schedule(self, job: _Job, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        task_id = job.record.task_id
+
+        def due() -> None:
+            self._waiting.pop(task_id, None)
+            if self._queue is not None:
+                self._queue.put_nowait(job)
+
+        self._waiting[task_id] = (job, loop.call_later(delay, due))
+
+    async def _finish(
+        self, job: _Job, status: TaskStatus, error: str, provider: str | None = None
+    ) -> None:
+        if provider:
+            job.record.provider = provider
+        job.record.last_error = error
+        await self._save(job, status)
+        self._metrics.tasks.labels(job.record.channel.value, status.value).inc()
+        log.info(
+            "task.finished",
+            task_id=job.record.task_id,
+            status=status.value,
+            channel=job.record.channel.value,
+            tag=job.record.tag,
+            attempts=job.record.attempts,
+            provider=job.record.provider,
+            error=error or None,
+        )
+
+    async def _save(self, job: _Job, status: TaskStatus) -> None:
+        job.record.status = status
+        job.record.updated_at = self._clock.time()
+        try:
+            await self.store.update_task(job.record)
+        except Exception:
+            # Delivery goes on even when the status write fails; the log keeps the trail.
+            log.exception("task.status_not_saved", task_id=job.record.task_id, status=status)

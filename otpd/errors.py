@@ -1,0 +1,158 @@
+"""The otpd error tree.
+
+Every error carries a stable API ``code`` and an HTTP ``status`` so one middleware maps
+errors to responses::
+
+    OtpdError
+    ├── ConfigError                 invalid configuration (never reaches an HTTP caller)
+    ├── ValidationError      422    bad input, with per-field details
+    ├── UnauthorizedError    401    missing or wrong API key
+    ├── NotFoundError        404    unknown task, route or resource
+    ├── InvalidTokenError    400    unknown, expired, used or superseded link token
+    ├── RateLimitedError     429    a rate limit refused the request (``retry_after``)
+    │   └── SmsBlockedError  429    the SMS fraud and cost guard refused the request
+    ├── UnavailableError     503    the store or the dispatcher cannot take work now
+    └── DeliveryError               a provider failed to deliver (dispatcher-internal)
+        ├── TransientDeliveryError  worth failing over and retrying later
+        └── PermanentDeliveryError  the recipient is refused: no failover, no retry
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "DeliveryError",
+    "InvalidTokenError",
+    "NotFoundError",
+    "OtpdError",
+    "PermanentDeliveryError",
+    "RateLimitedError",
+    "SmsBlockedError",
+    "TransientDeliveryError",
+    "UnauthorizedError",
+    "UnavailableError",
+    "ValidationError",
+]
+
+
+class OtpdError(Exception):
+    """Base of every error otpd raises on purpose."""
+
+    code = "internal_error"
+    status = 500
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = dict(details or {})
+
+
+class ConfigError(OtpdError, ValueError):
+    """The configuration is invalid; the message names the offending key."""
+
+    code = "config_error"
+
+
+class ValidationError(OtpdError, ValueError):
+    """Input failed validation; ``details["fields"]`` maps field names to problems."""
+
+    code = "validation_error"
+    status = 422
+
+    def __init__(
+        self,
+        message: str = "request validation failed",
+        *,
+        fields: dict[str, str] | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        merged = dict(details or {})
+        if fields:
+            merged["fields"] = dict(fields)
+        super().__init__(message, details=merged)
+        self.fields = dict(fields or {})
+
+    @classmethod
+    def field(cls, name: str, problem: str) -> ValidationError:
+        return cls(f"{name}: {problem}", fields={name: problem})
+
+
+class UnauthorizedError(OtpdError):
+    code = "unauthorized"
+    status = 401
+
+
+class NotFoundError(OtpdError, LookupError):
+    code = "not_found"
+    status = 404
+
+
+class InvalidTokenError(OtpdError):
+    """One answer for unknown, expired, used and superseded tokens alike."""
+
+    code = "invalid_token"
+    status = 400
+
+    def __init__(self, message: str = "the link is invalid or has expired") -> None:
+        super().__init__(message)
+
+
+class RateLimitedError(OtpdError):
+    code = "rate_limited"
+    status = 429
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: int,
+        scope: str,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        merged = {"retry_after": retry_after, "scope": scope, **(details or {})}
+        super().__init__(message, details=merged)
+        self.retry_after = retry_after
+        self.scope = scope
+
+
+class SmsBlockedError(RateLimitedError):
+    """The SMS fraud and cost guard refused a send; ``reason`` says which rule."""
+
+    code = "sms_blocked"
+
+    def __init__(self, message: str, *, reason: str, retry_after: int = 3600) -> None:
+        super().__init__(message, retry_after=retry_after, scope="sms", details={"reason": reason})
+        self.reason = reason
+
+
+class UnavailableError(OtpdError):
+    code = "unavailable"
+    status = 503
+
+
+class DeliveryError(OtpdError):
+    """A provider could not deliver a message.
+
+    ``reason`` is a short stable code (``smtp_550``, ``timeout``, ``invalid_recipient``);
+    the message must never contain a code, a token or a full address.
+    """
+
+    code = "delivery_failed"
+    permanent = False
+
+    def __init__(self, message: str, *, reason: str, provider: str = "") -> None:
+        super().__init__(message, details={"reason": reason, "provider": provider})
+        self.reason = reason
+        self.provider = provider
+
+
+class TransientDeliveryError(DeliveryError):
+    """Worth trying the next provider now and this one again later."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """The recipient (or the message) is refused for good: no failover, no retry."""
+
+    permanent = True

@@ -1,0 +1,145 @@
+"""Plain values passed between layers."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from otpd.clock import rfc3339
+
+__all__ = [
+    "Channel",
+    "Delivery",
+    "Message",
+    "OtpChannel",
+    "OtpIssued",
+    "ProviderHealth",
+    "SendResult",
+    "TaskRecord",
+    "TaskStatus",
+    "VerifyReason",
+    "VerifyResult",
+]
+
+
+class Channel(enum.StrEnum):
+    EMAIL = "email"
+    SMS = "sms"
+
+
+class OtpChannel(enum.StrEnum):
+    """Where an OTP code goes; ``both`` sends the same code by email and SMS."""
+
+    EMAIL = "email"
+    SMS = "sms"
+    BOTH = "both"
+
+    def channels(self) -> tuple[Channel, ...]:
+        if self is OtpChannel.BOTH:
+            return (Channel.EMAIL, Channel.SMS)
+        return (Channel(self.value),)
+
+
+class TaskStatus(enum.StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    RETRYING = "retrying"
+    SENT = "sent"
+    FAILED = "failed"
+
+    @property
+    def final(self) -> bool:
+        return self in (TaskStatus.SENT, TaskStatus.FAILED)
+
+
+class VerifyReason(enum.StrEnum):
+    INVALID_CODE = "invalid_code"
+    NO_ACTIVE_CODE = "no_active_code"
+    TOO_MANY_ATTEMPTS = "too_many_attempts"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One rendered message to one recipient.
+
+    ``to`` is an email address or an E.164 number. ``subject`` and ``html`` are
+    email-only. ``tag`` names what the message is (``otp_code``, ``password_reset``) for
+    metrics and logs; it never contains personal data.
+    """
+
+    channel: Channel
+    to: str
+    text: str
+    subject: str = ""
+    html: str = ""
+    tag: str = "message"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What a provider answered for a delivered message."""
+
+    provider: str
+    message_id: str = ""
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    """The stored, observable state of one delivery. It never holds the message body."""
+
+    task_id: str
+    channel: Channel
+    status: TaskStatus
+    tag: str
+    created_at: float
+    updated_at: float
+    attempts: int = 0
+    provider: str = ""
+    last_error: str = ""
+
+    def to_public(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "status": self.status.value,
+            "channel": self.channel.value,
+            "attempts": self.attempts,
+            "provider": self.provider or None,
+            "last_error": self.last_error or None,
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    channel: Channel
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OtpIssued:
+    otp_id: str
+    expires_at: float
+    deliveries: tuple[Delivery, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    verified: bool
+    reason: VerifyReason | None = None
+    attempts_left: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderHealth:
+    """A provider's place in its chain and its circuit breaker's view of it."""
+
+    name: str
+    channel: Channel
+    state: str
+    consecutive_failures: int
+    last_error: str | None
+    last_success_at: float | None
+    details: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,85 @@
+"""The interface every delivery provider implements, real or dev."""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+from otpd.errors import DeliveryError, TransientDeliveryError
+from otpd.models import Channel, Message, SendResult
+
+__all__ = ["Provider"]
+
+
+class Provider(ABC):
+    """A way to deliver messages of one channel.
+
+    Subclasses implement :meth:`_send` and :meth:`classify`, and open and close their
+    resources in :meth:`open` / :meth:`aclose` (called by ``async with``). :meth:`send`
+    guarantees that only :class:`~otpd.errors.DeliveryError` leaves a provider, so the
+    chain can decide between failover (transient) and giving up (permanent).
+    """
+
+    name: ClassVar[str]
+    channel: ClassVar[Channel]
+
+    def __init__(self) -> None:
+        self._opened = False
+
+    async def __aenter__(self) -> Self:
+        if self._opened:
+            raise RuntimeError(f"provider {self.name} is already open")
+        self._opened = True
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Create clients, pools and sessions. Runs inside the event loop."""
+
+    async def aclose(self) -> None:
+        """Release everything :meth:`open` created."""
+
+    async def send(self, message: Message) -> SendResult:
+        """Deliver ``message`` or raise a transient or permanent :class:`DeliveryError`."""
+        try:
+            return await self._send(message)
+        except DeliveryError as exc:
+            exc.provider = exc.provider or self.name
+            exc.details["provider"] = exc.provider
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = self.classify(exc)
+            error.provider = self.name
+            error.details["provider"] = self.name
+            raise error from exc
+
+    @abstractmethod
+    async def _send(self, message: Message) -> SendResult: ...
+
+    def classify(self, exc: BaseException) -> DeliveryError:
+        """Translate a library error into a transient or permanent delivery error.
+
+        The default treats network trouble and anything unknown as transient; providers
+        override it with the vendor's error codes.
+        """
+        if isinstance(exc, TimeoutError):
+            return TransientDeliveryError("provider timed out", reason="timeout")
+        if isinstance(exc, OSError):
+            return TransientDeliveryError(f"network error ({type(exc).__name__})", reason="network")
+        return TransientDeliveryError(f"unexpected {type(exc).__name__}", reason="unexpected")
+
+    async def health(self) -> dict[str, Any]:
+        """Provider-specific details for ``/v1/health/messaging`` (pool sizes and the like)."""
+        return {}

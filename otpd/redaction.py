@@ -1,0 +1,83 @@
+"""Masking of personal data and removal of secrets, shared by logs and health output."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["REDACTED", "SECRET_KEYS", "mask_email", "mask_phone", "redact_text", "redact_value"]
+
+REDACTED = "[redacted]"
+
+# Keys whose values are never logged, whatever they hold.
+SECRET_KEYS = frozenset(
+    {
+        "code",
+        "otp",
+        "token",
+        "password",
+        "passwd",
+        "secret",
+        "secret_key",
+        "api_key",
+        "api_secret",
+        "auth_token",
+        "authorization",
+        "access_key_id",
+        "secret_access_key",
+        "session_token",
+        "code_hash",
+        "token_hash",
+        "link",
+        "url_with_token",
+        "body",
+        "text",
+        "html",
+    }
+)
+
+_EMAIL_RE = re.compile(r"([A-Za-z0-9._%+\-]{1,64})@([A-Za-z0-9.\-]+\.[A-Za-z]{2,63})")
+# Only numbers written with a leading "+" are treated as phones: a loose pattern would eat
+# timestamps and ids.
+_PHONE_RE = re.compile(r"\+\d[\d ()\-]{6,18}\d")
+# Long URL-safe runs (tokens, keys) and any "token=" style query parameters.
+_TOKEN_PARAM_RE = re.compile(r"(?i)\b(token|code|key|secret|password)=([^&\s\"']+)")
+_BEARER_RE = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/\-=]+")
+
+
+def mask_email(address: str) -> str:
+    """``jane.doe@example.com`` -> ``j***@example.com``."""
+    local, sep, domain = address.rpartition("@")
+    if not sep:
+        return REDACTED
+    return f"{local[:1]}***@{domain}"
+
+
+def mask_phone(number: str) -> str:
+    """``+15551234567`` -> ``+1******4567``: country hint and last four digits only."""
+    digits = re.sub(r"\D", "", number)
+    if len(digits) < 6:
+        return REDACTED
+    return f"+{digits[0]}{'*' * (len(digits) - 5)}{digits[-4:]}"
+
+
+def redact_text(text: str) -> str:
+    """Mask emails and phone numbers and drop token-like parameters inside free text."""
+    text = _BEARER_RE.sub("Bearer " + REDACTED, text)
+    text = _TOKEN_PARAM_RE.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+    text = _EMAIL_RE.sub(lambda m: mask_email(m.group(0)), text)
+    return _PHONE_RE.sub(lambda m: mask_phone(m.group(0)), text)
+
+
+def redact_value(key: str, value: Any) -> Any:
+    """Redact one key/value pair recursively."""
+    if key.lower() in SECRET_KEYS and value is not None:
+        return REDACTED
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {k: redact_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_value(key, v) for v in value]
+    return value

@@ -1,0 +1,209 @@
+"""Issue and verify one-time passcodes."""
+
+from __future__ import annotations
+
+import math
+
+import structlog
+
+from otpd.clock import Clock
+from otpd.config import OtpConfig
+from otpd.crypto import Hasher, new_code, new_id
+from otpd.dispatch import Dispatcher
+from otpd.errors import RateLimitedError, ValidationError
+from otpd.metrics import Metrics
+from otpd.models import Channel, Delivery, Message, OtpChannel, OtpIssued, VerifyResult
+from otpd.store import Limit, OtpRecord, Store
+from otpd.templating import TemplateRenderer
+from otpd.validation import (
+    check_client_ip,
+    check_locale,
+    check_purpose,
+    check_user_agent,
+    check_user_id,
+    normalize_email,
+    normalize_phone,
+)
+
+__all__ = ["OtpService"]
+
+log = structlog.get_logger("otpd.otp")
+
+HOUR = 3600
+DAY = 86400
+
+
+class OtpService:
+    """Codes are random digits from ``secrets``; only their keyed hash is stored."""
+
+    def __init__(
+        self,
+        config: OtpConfig,
+        *,
+        store: Store,
+        dispatcher: Dispatcher,
+        renderer: TemplateRenderer,
+        hasher: Hasher,
+        clock: Clock,
+        metrics: Metrics,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.dispatcher = dispatcher
+        self.renderer = renderer
+        self.hasher = hasher
+        self.clock = clock
+        self.metrics = metrics
+
+    def _code_hash(self, user_id: str, purpose: str, code: str) -> str:
+        return self.hasher.digest("otp", user_id, purpose, code)
+
+    def _limits(self, user_id: str, client_ip: str | None) -> list[Limit]:
+        keys = self.store.keys
+        limits = [
+            Limit(
+                "user_hour", keys.user_limit(user_id, "otp", HOUR), self.config.per_user_hour, HOUR
+            ),
+            Limit("user_day", keys.user_limit(user_id, "otp", DAY), self.config.per_user_day, DAY),
+        ]
+        if client_ip:
+            limits.append(
+                Limit(
+                    "ip_hour", keys.ip_limit(client_ip, "otp", HOUR), self.config.per_ip_hour, HOUR
+                )
+            )
+        return limits
+
+    async def issue(
+        self,
+        *,
+        user_id: str,
+        channel: OtpChannel | str,
+        email: str | None = None,
+        phone: str | None = None,
+        purpose: str = "login",
+        locale: str | None = None,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+    ) -> OtpIssued:
+        """Replace any live code of ``(user_id, purpose)`` with a new one and send it."""
+        check_user_id(user_id)
+        check_purpose(purpose)
+        locale = check_locale(locale)
+        client_ip = check_client_ip(client_ip)
+        user_agent = check_user_agent(user_agent)
+        try:
+            otp_channel = OtpChannel(channel)
+        except ValueError:
+            raise ValidationError.field("channel", "must be email, sms or both") from None
+        channels = otp_channel.channels()
+        problems: dict[str, str] = {}
+        if Channel.EMAIL in channels and not email:
+            problems["email"] = f"required for channel {otp_channel.value}"
+        if Channel.SMS in channels and not phone:
+            problems["phone"] = f"required for channel {otp_channel.value}"
+        if problems:
+            raise ValidationError("an address is missing for the chosen channel", fields=problems)
+        to_email = normalize_email(email) if email and Channel.EMAIL in channels else None
+        to_phone = normalize_phone(phone) if phone and Channel.SMS in channels else None
+
+        code = new_code(self.config.length)
+        now = self.clock.time()
+        context = {"code": code, "ttl_minutes": max(1, self.config.ttl_seconds // 60)}
+        messages: list[Message] = []
+        if to_email:
+            rendered = await self.renderer.render_email("otp_code", context, locale)
+            messages.append(
+                Message(
+                    Channel.EMAIL,
+                    to_email,
+                    rendered.text,
+                    rendered.subject,
+                    rendered.html,
+                    "otp_code",
+                )
+            )
+        if to_phone:
+            text = await self.renderer.render_sms("otp_code", context, locale)
+            messages.append(Message(Channel.SMS, to_phone, text, tag="otp_code"))
+
+        record = OtpRecord(
+            otp_id=new_id("otp"),
+            code_hash=self._code_hash(user_id, purpose, code),
+            channel=otp_channel.value,
+            purpose=purpose,
+            created_at=now,
+            expires_at=now + self.config.ttl_seconds,
+            max_attempts=self.config.max_attempts,
+            client_ip=client_ip or "",
+            user_agent=user_agent or "",
+        )
+        key = self.store.keys.otp(user_id, purpose)
+        refused = await self.store.issue_otp(key, record, self._limits(user_id, client_ip), now)
+        if refused is not None:
+            self.metrics.rate_limited.labels(f"otp_{refused.scope}").inc()
+            retry_after = max(1, math.ceil(refused.retry_after))
+            log.info(
+                "audit.otp_rate_limited",
+                user_id=user_id,
+                purpose=purpose,
+                scope=refused.scope,
+                client_ip=client_ip,
+            )
+            raise RateLimitedError(
+                "too many codes requested; try again later",
+                retry_after=retry_after,
+                scope=refused.scope,
+            )
+
+        deliveries = []
+        for message in messages:
+            task = await self.dispatcher.enqueue(message)
+            deliveries.append(Delivery(message.channel, task.task_id))
+        self.metrics.otp_issued.labels(otp_channel.value).inc()
+        log.info(
+            "audit.otp_issued",
+            otp_id=record.otp_id,
+            user_id=user_id,
+            purpose=purpose,
+            channel=otp_channel.value,
+            client_ip=client_ip,
+            user_agent=user_agent,
+            tasks=[d.task_id for d in deliveries],
+        )
+        return OtpIssued(record.otp_id, record.expires_at, tuple(deliveries))
+
+    async def verify(
+        self,
+        *,
+        user_id: str,
+        code: str,
+        purpose: str = "login",
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+    ) -> VerifyResult:
+        """Check ``code``; a correct code is consumed, wrong ones count towards the limit."""
+        check_user_id(user_id)
+        check_purpose(purpose)
+        client_ip = check_client_ip(client_ip)
+        user_agent = check_user_agent(user_agent)
+        if not (4 <= len(code) <= 10 and code.isascii() and code.isdigit()):
+            raise ValidationError.field("code", "4 to 10 digits")
+        key = self.store.keys.otp(user_id, purpose)
+        outcome = await self.store.verify_otp(
+            key, self._code_hash(user_id, purpose, code), self.clock.time()
+        )
+        result = outcome.result
+        label = "verified" if result.verified else str(result.reason)
+        self.metrics.otp_verified.labels(label).inc()
+        log.info(
+            "audit.otp_verified" if result.verified else "audit.otp_rejected",
+            otp_id=outcome.otp_id or None,
+            user_id=user_id,
+            purpose=purpose,
+            result=label,
+            attempts_left=result.attempts_left,
+            client_ip=client_ip,
+            user_agent=user_agent,
+        )
+        return result

@@ -1,0 +1,61 @@
+-- Shared prelude: sliding-window limits kept as sorted sets of hit times (ms).
+-- Limits are passed as KEYS[k0 .. k0+n-1] with ARGV triples (limit, window_ms, distinct)
+-- from a0. A distinct limit counts members, not hits: a member already in the window
+-- passes and does not count again (e.g. "distinct numbers per range").
+
+local function check_limits(k0, a0, n, now, member)
+  local worst_i, worst_retry = 0, -1
+  for i = 1, n do
+    local key = KEYS[k0 + i - 1]
+    local limit = tonumber(ARGV[a0 + 3 * (i - 1)])
+    local window = tonumber(ARGV[a0 + 3 * (i - 1) + 1])
+    local distinct = ARGV[a0 + 3 * (i - 1) + 2] == '1'
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+    local count = redis.call('ZCARD', key)
+    local known = distinct and redis.call('ZSCORE', key, member)
+    if count >= limit and not known then
+      -- the hit that must leave the window before one more fits
+      local oldest = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
+      local retry = tonumber(oldest[2]) + window - now
+      if retry > worst_retry then
+        worst_i, worst_retry = i, retry
+      end
+    end
+  end
+  if worst_i > 0 then
+    return {worst_i, worst_retry}
+  end
+  return nil
+end
+
+local function record_hits(k0, a0, n, now, member)
+  for i = 1, n do
+    local key = KEYS[k0 + i - 1]
+    local window = tonumber(ARGV[a0 + 3 * (i - 1) + 1])
+    redis.call('ZADD', key, now, member)
+    redis.call('PEXPIRE', key, window)
+  end
+end
+
+-- Constant-time equality: the time taken does not depend on where two strings differ.
+local function ct_equal(a, b)
+  if #a ~= #b then
+    return false
+  end
+  local acc = 0
+  for i = 1, #a do
+    acc = bit.bor(acc, bit.bxor(string.byte(a, i), string.byte(b, i)))
+  end
+  return acc == 0
+end
+
+-- Add amount to a counter unless that takes it above cap. -> {1|0, total as string}
+local function capped_add(key, amount, cap, ttl)
+  local current = tonumber(redis.call('GET', key) or '0')
+  if current + amount > cap then
+    return {0, tostring(current)}
+  end
+  local total = redis.call('INCRBYFLOAT', key, amount)
+  redis.call('EXPIRE', key, ttl)
+  return {1, tostring(total)}
+end

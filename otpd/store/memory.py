@@ -1,0 +1,151 @@
+"""In-memory backend for development and embedding: same semantics as Redis, one process.
+
+Every operation runs without awaiting in between, so on one event loop it is atomic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from otpd.clock import Clock, SystemClock
+from otpd.models import TaskRecord, VerifyReason, VerifyResult
+from otpd.store.base import Limit, LimitExceeded, OtpRecord, VerifyOutcome
+from otpd.store.keys import Keys
+
+__all__ = ["MemoryStore"]
+
+_SWEEP_EVERY = 1024
+
+
+class MemoryStore:
+    def __init__(self, *, key_prefix: str = "otpd:", clock: Clock | None = None) -> None:
+        self.keys = Keys(key_prefix)
+        self._clock = clock or SystemClock()
+        # key -> (value, expires_at); values are dicts, lists of hit times or strings
+        self._data: dict[str, tuple[Any, float]] = {}
+        self._ops = 0
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        self._data.clear()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _get(self, key: str, now: float | None = None) -> Any:
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        if entry[1] <= (self._clock.time() if now is None else now):
+            del self._data[key]
+            return None
+        return entry[0]
+
+    def _set(self, key: str, value: Any, expires_at: float) -> None:
+        self._data[key] = (value, expires_at)
+        self._ops += 1
+        if self._ops % _SWEEP_EVERY == 0:
+            now = self._clock.time()
+            for k in [k for k, (_, exp) in self._data.items() if exp <= now]:
+                del self._data[k]
+
+    def _window(self, lim: Limit, now: float) -> dict[str, float]:
+        """member -> hit time, for hits still inside the window (like a Redis zset)."""
+        hits: dict[str, float] = self._get(lim.key, now) or {}
+        return {m: t for m, t in hits.items() if t > now - lim.window}
+
+    def _check(self, limits: Sequence[Limit], now: float, member: str) -> LimitExceeded | None:
+        worst: LimitExceeded | None = None
+        for lim in limits:
+            hits = self._window(lim, now)
+            if len(hits) >= lim.limit and not (lim.distinct and member in hits):
+                times = sorted(hits.values())
+                retry = times[len(times) - lim.limit] + lim.window - now
+                if worst is None or retry > worst.retry_after:
+                    worst = LimitExceeded(lim.scope, max(0.0, retry))
+        return worst
+
+    def _record(self, limits: Sequence[Limit], now: float, member: str) -> None:
+        for lim in limits:
+            hits = self._window(lim, now)
+            hits[member] = now
+            self._set(lim.key, hits, now + lim.window)
+
+    # ------------------------------------------------------------------ store API
+
+    async def ping(self) -> None:
+        return None
+
+    async def issue_otp(
+        self, key: str, record: OtpRecord, limits: Sequence[Limit], now: float
+    ) -> LimitExceeded | None:
+        refused = self._check(limits, now, record.otp_id)
+        if refused:
+            return refused
+        self._record(limits, now, record.otp_id)
+        self._set(key, {**dataclasses.asdict(record), "attempts": 0}, record.expires_at)
+        return None
+
+    async def verify_otp(self, key: str, code_hash: str, now: float) -> VerifyOutcome:
+        rec = self._get(key, now)
+        if rec is None:
+            return VerifyOutcome(VerifyResult(False, VerifyReason.NO_ACTIVE_CODE, 0))
+        ids = (rec["otp_id"], rec["channel"])
+        if rec["attempts"] >= rec["max_attempts"]:
+            return VerifyOutcome(VerifyResult(False, VerifyReason.TOO_MANY_ATTEMPTS, 0), *ids)
+        if hmac.compare_digest(rec["code_hash"], code_hash):
+            del self._data[key]
+            return VerifyOutcome(VerifyResult(True), *ids)
+        rec["attempts"] += 1
+        left = rec["max_attempts"] - rec["attempts"]
+        return VerifyOutcome(VerifyResult(False, VerifyReason.INVALID_CODE, left), *ids)
+
+    async def hit_limits(
+        self, limits: Sequence[Limit], member: str, now: float, *, consume: bool = True
+    ) -> LimitExceeded | None:
+        refused = self._check(limits, now, member)
+        if refused is None and consume:
+            self._record(limits, now, member)
+        return refused
+
+    async def capped_add(self, key: str, amount: float, cap: float, ttl: int) -> tuple[bool, float]:
+        current = float(self._get(key) or 0.0)
+        if current + amount > cap:
+            return False, current
+        self._set(key, current + amount, self._clock.time() + ttl)
+        return True, current + amount
+
+    async def put_task(self, record: TaskRecord, ttl: int) -> None:
+        self._set(
+            self.keys.task(record.task_id), dataclasses.replace(record), record.created_at + ttl
+        )
+
+    async def update_task(self, record: TaskRecord) -> None:
+        key = self.keys.task(record.task_id)
+        entry = self._data.get(key)
+        if entry is not None:
+            self._data[key] = (dataclasses.replace(record), entry[1])
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        rec = self._get(self.keys.task(task_id))
+        return None if rec is None else dataclasses.replace(rec)
+
+    async def remember(self, key: str, value: str, ttl: int) -> str | None:
+        existing = self._get(key)
+        if existing is not None:
+            return str(existing)
+        self._set(key, value, self._clock.time() + ttl)
+        return None

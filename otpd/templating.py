@@ -1,0 +1,91 @@
+"""Jinja2 rendering of emails and SMS: autoescaped HTML, plain text, locale overrides.
+
+A template ``NAME`` is a set of files: ``NAME.subject.j2``, ``NAME.txt.j2`` and
+``NAME.html.j2`` for email, ``NAME.sms.j2`` for SMS. A locale directory (``pt-BR/``,
+``de/``) may override any of them; operators override built-ins by name from
+``email.templates_dir``. Lookup order: operator locale, built-in locale, operator,
+built-in; unknown locales fall back to English (the top level).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from otpd.config import ProductConfig
+from otpd.errors import ValidationError
+
+__all__ = ["BUILTIN_TEMPLATES", "RenderedEmail", "TemplateRenderer"]
+
+BUILTIN_TEMPLATES = Path(__file__).parent / "templates"
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedEmail:
+    subject: str
+    text: str
+    html: str
+
+
+class TemplateRenderer:
+    def __init__(self, product: ProductConfig, templates_dir: str = "") -> None:
+        loaders: list[jinja2.BaseLoader] = []
+        if templates_dir:
+            loaders.append(jinja2.FileSystemLoader(templates_dir))
+        loaders.append(jinja2.FileSystemLoader(BUILTIN_TEMPLATES))
+        self.env = jinja2.Environment(
+            loader=jinja2.ChoiceLoader(loaders),
+            # "html.j2" must be listed: select_autoescape matches on the final suffix.
+            autoescape=jinja2.select_autoescape(["html", "html.j2"], default_for_string=False),
+            undefined=jinja2.StrictUndefined,
+            enable_async=True,
+            auto_reload=False,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+        )
+        self.env.globals["product"] = product
+
+    def exists(self, name: str, kind: str = "html") -> bool:
+        try:
+            self.env.get_template(f"{name}.{kind}.j2")
+        except (jinja2.TemplateNotFound, ValueError):
+            return False
+        return True
+
+    def _select(self, name: str, kind: str, locale: str | None) -> jinja2.Template:
+        candidates = [f"{name}.{kind}.j2"]
+        if locale:
+            lang = locale.split("-")[0]
+            candidates[:0] = [f"{locale}/{name}.{kind}.j2", f"{lang}/{name}.{kind}.j2"]
+        try:
+            return self.env.select_template(candidates)
+        except jinja2.TemplatesNotFound:
+            raise ValidationError.field("template", f"unknown template {name!r}") from None
+
+    async def _render(
+        self, name: str, kind: str, context: dict[str, Any], locale: str | None
+    ) -> str:
+        template = self._select(name, kind, locale)
+        try:
+            return await template.render_async(**context, locale=locale or "en")
+        except jinja2.UndefinedError as exc:
+            raise ValidationError.field(
+                "context", f"template {name!r} needs {exc.message}"
+            ) from None
+
+    async def render_email(
+        self, name: str, context: dict[str, Any], locale: str | None = None
+    ) -> RenderedEmail:
+        subject = await self._render(name, "subject", context, locale)
+        text = await self._render(name, "txt", context, locale)
+        html = await self._render(name, "html", context, locale)
+        return RenderedEmail(" ".join(subject.split()), text, html)
+
+    async def render_sms(
+        self, name: str, context: dict[str, Any], locale: str | None = None
+    ) -> str:
+        return (await self._render(name, "sms", context, locale)).strip()
