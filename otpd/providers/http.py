@@ -6,6 +6,9 @@ from types import TracebackType
 from typing import Self
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
+
+from otpd.providers.dns import AsyncioResolver
 
 __all__ = ["SharedSession"]
 
@@ -13,11 +16,18 @@ __all__ = ["SharedSession"]
 class SharedSession:
     """Holds the session; providers read :attr:`session` only after the daemon opened it.
 
-    DNS goes through c-ares (``aiodns``) instead of the default resolver, which would run
-    ``getaddrinfo`` on a thread.
+    DNS goes through :class:`~otpd.providers.dns.AsyncioResolver` instead of the default
+    resolver, which would run ``getaddrinfo`` on a thread.
     """
 
-    def __init__(self, *, total_timeout: float = 15.0, limit: int = 100) -> None:
+    def __init__(
+        self,
+        *,
+        total_timeout: float = 15.0,
+        limit: int = 100,
+        resolver: AbstractResolver | None = None,
+    ) -> None:
+        self._resolver = resolver
         self._timeout = aiohttp.ClientTimeout(total=total_timeout, connect=5.0)
         self._limit = limit
         self._session: aiohttp.ClientSession | None = None
@@ -26,7 +36,7 @@ class SharedSession:
         if self._session is not None:
             raise RuntimeError("the shared HTTP session is already open")
         connector = aiohttp.TCPConnector(
-            resolver=aiohttp.AsyncResolver(), limit=self._limit, ttl_dns_cache=300
+            resolver=self._resolver or AsyncioResolver(), limit=self._limit, ttl_dns_cache=300
         )
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=self._timeout, raise_for_status=False
