@@ -9,12 +9,14 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -210,3 +212,59 @@ async def client(otpd: Otpd) -> AsyncIterator[TestClient[Any, Any]]:
 
 def outbox_files(config: Config, suffix: str) -> list[Path]:
     return sorted(Path(config.outbox.dir).glob(f"*{suffix}"))
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """A moto server (SES, SNS, ...) in its own process on a free port.
+
+    moto's in-process mock does not work with aiobotocore, so tests talk to it over HTTP.
+    """
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, timeout=30.0)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            proc.kill()
+            proc.wait()
+
+
+class Moto:
+    """The session's moto server: its URL, a state reset, and what it recorded."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def reset(self) -> None:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{self.url}/moto-api/reset") as response,
+        ):
+            response.raise_for_status()
+
+    async def data(self) -> dict[str, Any]:
+        """``/moto-api/data.json``: e.g. ``["ses"]["RawMessage"]``, ``["sns"]["SMS"]``."""
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{self.url}/moto-api/data.json") as response,
+        ):
+            response.raise_for_status()
+            data: dict[str, Any] = await response.json(content_type=None)
+            return data
+
+
+@pytest.fixture
+async def moto(moto_url: str) -> Moto:
+    """The moto server, reset so the test sees only its own calls."""
+    server = Moto(moto_url)
+    await server.reset()
+    return server

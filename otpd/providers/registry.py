@@ -38,12 +38,61 @@ def _console(config: Config, deps: ProviderDeps) -> Provider:
     return ConsoleSmsProvider(config.outbox.dir)
 
 
+def _smtp(config: Config, deps: ProviderDeps) -> Provider:
+    from otpd.providers.smtp import SmtpProvider
+
+    return SmtpProvider(config.smtp, config.email, deps.clock)
+
+
+def _ses(config: Config, deps: ProviderDeps) -> Provider:
+    from otpd.providers.ses import SesProvider
+
+    return SesProvider(config.ses, config.email)
+
+
+def _sns(config: Config, deps: ProviderDeps) -> Provider:
+    from otpd.providers.sns import SnsProvider
+
+    return SnsProvider(config.sns)
+
+
+def _sendgrid(config: Config, deps: ProviderDeps) -> Provider:
+    from otpd.providers.sendgrid import SendgridProvider
+
+    return SendgridProvider(config.sendgrid, config.email, deps.http)
+
+
+def _mailgun(config: Config, deps: ProviderDeps) -> Provider:
+    from otpd.providers.mailgun import MailgunProvider
+
+    return MailgunProvider(config.mailgun, config.email, deps.http)
+
+
+def _twilio(config: Config, deps: ProviderDeps) -> Provider:
+    from otpd.providers.twilio import TwilioProvider
+
+    return TwilioProvider(config.twilio, deps.http)
+
+
+def _vonage(config: Config, deps: ProviderDeps) -> Provider:
+    from otpd.providers.vonage import VonageProvider
+
+    return VonageProvider(config.vonage, deps.http)
+
+
 EMAIL_FACTORIES: dict[str, Factory] = {
     "outbox": _outbox,
+    "smtp": _smtp,
+    "ses": _ses,
+    "sendgrid": _sendgrid,
+    "mailgun": _mailgun,
 }
 
 SMS_FACTORIES: dict[str, Factory] = {
     "console": _console,
+    "sns": _sns,
+    "twilio": _twilio,
+    "vonage": _vonage,
 }
 
 

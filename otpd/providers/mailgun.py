@@ -1,0 +1,87 @@
+"""Email through Mailgun's Messages API (``POST /v3/{domain}/messages``)."""
+
+from __future__ import annotations
+
+import re
+from email.headerregistry import Address
+from email.utils import make_msgid
+from typing import Any
+
+import aiohttp
+
+from otpd.config import EmailConfig, MailgunConfig
+from otpd.errors import ConfigError, DeliveryError, PermanentDeliveryError
+from otpd.models import Channel, Message, SendResult
+from otpd.providers.http import SharedSession
+from otpd.providers.httpapi import HttpApiProvider, read_json
+from otpd.providers.mime import one_line
+
+__all__ = ["MailgunProvider"]
+
+# Mailgun's 400 for a bad recipient: "'to' parameter is not a valid address. please check
+# documentation". Other 400s (missing from, bad header) are our request's fault.
+_BAD_RECIPIENT = re.compile(r"""['"]?to['"]? parameter is not a valid address""", re.IGNORECASE)
+
+
+class MailgunProvider(HttpApiProvider):
+    """Sends one message per request as a form; ``200`` answers ``{"id", "message"}``."""
+
+    name = "mailgun"
+    channel = Channel.EMAIL
+
+    def __init__(self, config: MailgunConfig, sender: EmailConfig, http: SharedSession) -> None:
+        for key in ("api_key", "domain"):
+            if not getattr(config, key):
+                raise ConfigError(
+                    f"mailgun.{key}: required when email.providers lists mailgun",
+                    details={"key": f"mailgun.{key}"},
+                )
+        super().__init__(http, config.effective_base_url)
+        self.domain = config.domain
+        # aiohttp 3.14 deprecates BasicAuth objects; the header is the supported way.
+        self._headers = {"Authorization": aiohttp.encode_basic_auth("api", config.api_key)}
+        self.sender = sender
+
+    def form(self, message: Message) -> dict[str, str]:
+        """The form fields of the Messages request for ``message``."""
+        local, _, domain = self.sender.from_address.rpartition("@")
+        sender = Address(
+            display_name=one_line(self.sender.from_name), username=local, domain=domain
+        )
+        fields = {
+            "from": str(sender),
+            "to": message.to,
+            "subject": one_line(message.subject),
+            "text": message.text,
+        }
+        if message.html:
+            fields["html"] = message.html
+        if self.sender.reply_to:
+            fields["h:Reply-To"] = self.sender.reply_to
+        fields["h:Message-Id"] = make_msgid(domain=domain)
+        for name, value in message.headers:
+            fields[f"h:{one_line(name)}"] = one_line(value)
+        return fields
+
+    async def _send(self, message: Message) -> SendResult:
+        url = f"{self.base_url}/v3/{self.domain}/messages"
+        async with self.session.post(
+            url, data=self.form(message), headers=self._headers
+        ) as response:
+            body = await read_json(response)
+            if response.status == 200:
+                message_id = body.get("id") if isinstance(body, dict) else None
+                return SendResult(self.name, str(message_id or ""))
+            raise self.rejection(response.status, body)
+
+    def rejection(self, status: int, body: Any) -> DeliveryError:
+        """Classify a non-200 answer; ``body`` is the decoded JSON error, if any."""
+        text = body.get("message") if isinstance(body, dict) else None
+        if status == 400 and isinstance(text, str) and _BAD_RECIPIENT.search(text):
+            return PermanentDeliveryError(
+                "mailgun refused the recipient address (400)", reason="invalid_recipient"
+            )
+        return self.status_error(status)
+
+    async def health(self) -> dict[str, Any]:
+        return {"base_url": self.base_url, "domain": self.domain}

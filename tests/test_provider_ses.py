@@ -1,0 +1,348 @@
+"""SES provider against a moto server: raw MIME delivery, one long-lived client, no
+threads, and the translation of SES errors into transient or permanent failures."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import re
+import socket
+import threading
+from collections.abc import AsyncIterator
+from email.message import EmailMessage
+from typing import Any
+
+import aiohttp
+import pytest
+from botocore.exceptions import (
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+
+from otpd.clock import FakeClock
+from otpd.config import BreakerConfig, EmailConfig, SesConfig, load_config
+from otpd.errors import ConfigError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from otpd.metrics import Metrics
+from otpd.models import Channel, Message
+from otpd.providers.chain import ProviderChain
+from otpd.providers.http import SharedSession
+from otpd.providers.outbox import OutboxEmailProvider
+from otpd.providers.registry import ProviderDeps, build_providers
+from otpd.providers.ses import SesProvider
+from tests.conftest import Moto
+
+REGION = "eu-west-1"
+TO = "jane.doe@example.com"
+CODE = "493817"
+SENDER = EmailConfig(
+    from_address="no-reply@mail.example.org", from_name="Example Co", reply_to="help@example.org"
+)
+MESSAGE = Message(
+    channel=Channel.EMAIL,
+    to=TO,
+    text=f"Your code is {CODE}",
+    subject="Your sign-in code",
+    html=f"<p>Your code is <b>{CODE}</b></p>",
+    tag="otp_code",
+    headers=(("X-Entity-Ref-ID", "task-1"),),
+)
+MSGID = re.compile(r"<[^<>@\s]+@mail\.example\.org>")
+
+
+def ses_config(endpoint_url: str, **overrides: str) -> SesConfig:
+    values = {
+        "region": REGION,
+        "endpoint_url": endpoint_url,
+        "access_key_id": "testing",
+        "secret_access_key": "testing",
+        **overrides,
+    }
+    return SesConfig(**values)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def os_thread_count() -> int:
+    """Threads of this process as the kernel sees them, including native ones (c-ares)."""
+    return len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 0
+
+
+def client_error(code: str, message: str, status: int = 400) -> ClientError:
+    response: Any = {
+        "Error": {"Code": code, "Message": message},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    return ClientError(response, "SendEmail")
+
+
+def assert_no_personal_data(error: DeliveryError) -> None:
+    for text in (str(error), error.reason, repr(error.details)):
+        assert TO not in text
+        assert CODE not in text
+
+
+@pytest.fixture
+async def ses(moto: Moto) -> AsyncIterator[SesProvider]:
+    """An open SES provider with its sender identity created in moto."""
+    async with SesProvider(ses_config(moto.url), SENDER) as provider:
+        await provider.client.create_email_identity(EmailIdentity=SENDER.from_address)
+        yield provider
+
+
+async def sent_raw_messages(moto: Moto) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = (await moto.data())["ses"]["RawMessage"]
+    return messages
+
+
+async def test_send_delivers_raw_mime_with_our_headers_and_both_parts(
+    ses: SesProvider, moto: Moto
+) -> None:
+    result = await ses.send(MESSAGE)
+
+    [sent] = await sent_raw_messages(moto)
+    assert result.provider == "ses"
+    assert result.message_id == sent["id"]
+    assert set(sent["destinations"]) == {TO}
+    assert sent["source"] == SENDER.from_address
+    parsed = email.message_from_string(sent["raw_data"], policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    assert parsed["To"] == TO
+    assert parsed["Subject"] == "Your sign-in code"
+    assert parsed["From"] == "Example Co <no-reply@mail.example.org>"
+    assert parsed["Reply-To"] == "help@example.org"
+    assert parsed["X-Entity-Ref-ID"] == "task-1"
+    assert MSGID.fullmatch(str(parsed["Message-ID"]))
+    assert parsed["Date"]
+    text = parsed.get_body(("plain",))
+    html = parsed.get_body(("html",))
+    assert isinstance(text, EmailMessage)
+    assert isinstance(html, EmailMessage)
+    assert text.get_content().strip() == f"Your code is {CODE}"
+    assert html.get_content().strip() == f"<p>Your code is <b>{CODE}</b></p>"
+
+
+async def test_configuration_set_is_sent_with_each_email(moto: Moto) -> None:
+    bodies: list[dict[str, Any]] = []
+
+    def record(request: Any, **_: Any) -> None:
+        bodies.append(json.loads(request.body))
+
+    config = ses_config(moto.url, configuration_set="otpd-transactional")
+    async with SesProvider(config, SENDER) as provider:
+        await provider.client.create_email_identity(EmailIdentity=SENDER.from_address)
+        provider.client.meta.events.register("before-send.sesv2.SendEmail", record)
+        await provider.send(MESSAGE)
+
+    [body] = bodies
+    assert body["ConfigurationSetName"] == "otpd-transactional"
+    assert body["Destination"] == {"ToAddresses": [TO]}
+    assert set(body["Content"]) == {"Raw"}
+
+
+async def test_one_client_serves_every_send_and_aclose_closes_it(moto: Moto) -> None:
+    provider = SesProvider(ses_config(moto.url), SENDER)
+    async with provider:
+        client = provider.client
+        await client.create_email_identity(EmailIdentity=SENDER.from_address)
+        await provider.send(MESSAGE)
+        await provider.send(MESSAGE)
+        assert provider.client is client
+        # aiobotocore keeps one aiohttp session per proxy; it exists once a request ran
+        sessions: dict[Any, aiohttp.ClientSession] = client._endpoint.http_session._sessions
+        [http] = sessions.values()
+        assert not http.closed
+
+    assert http.closed
+    with pytest.raises(RuntimeError, match="not open"):
+        _ = provider.client
+    assert len(await sent_raw_messages(moto)) == 2
+
+
+async def test_sending_adds_no_threads_even_when_resolving_a_hostname(
+    ses: SesProvider, moto: Moto
+) -> None:
+    # "localhost" instead of 127.0.0.1, so aiohttp has to resolve a name; a fresh provider,
+    # so its first request (HTTP session, connection, DNS lookup) is inside the measurement
+    endpoint = moto.url.replace("127.0.0.1", "localhost")
+    async with SesProvider(ses_config(endpoint), SENDER) as provider:
+        before = threading.active_count(), os_thread_count()
+        for _ in range(3):
+            await provider.send(MESSAGE)
+        after = threading.active_count(), os_thread_count()
+    # <=, not ==: a thread another test left behind may end meanwhile
+    assert after[0] <= before[0]
+    assert after[1] <= before[1]
+    assert len(await sent_raw_messages(moto)) == 3
+
+
+async def test_thread_count_check_would_catch_the_threaded_resolver() -> None:
+    # the control for the test above: aiohttp's ThreadedResolver runs getaddrinfo on
+    # the loop's executor, and the same measurement sees that thread
+    before = threading.active_count()
+    await aiohttp.ThreadedResolver().resolve("localhost", 80)
+    assert threading.active_count() > before
+
+
+async def test_unverified_sender_is_transient_so_the_chain_fails_over(
+    moto: Moto, tmp_path: Any
+) -> None:
+    ses = SesProvider(ses_config(moto.url), SENDER)  # no identity created
+    outbox = OutboxEmailProvider(tmp_path, SENDER)
+    chain = ProviderChain(
+        Channel.EMAIL,
+        [ses, outbox],
+        breaker=BreakerConfig(),
+        clock=FakeClock(),
+        metrics=Metrics(),
+    )
+    async with chain:
+        with pytest.raises(TransientDeliveryError) as caught:
+            await ses.send(MESSAGE)
+        result = await chain.send(MESSAGE)
+
+    assert caught.value.reason == "ses_identity_not_verified"
+    assert caught.value.provider == "ses"
+    assert_no_personal_data(caught.value)
+    assert result.provider == "outbox"
+    assert await sent_raw_messages(moto) == []
+
+
+async def test_malformed_recipient_is_permanent(ses: SesProvider) -> None:
+    with pytest.raises(PermanentDeliveryError) as caught:
+        await ses.send(Message(channel=Channel.EMAIL, to="jane.doe", text="x", subject="s"))
+    assert caught.value.reason == "invalid_recipient"
+    assert "jane.doe" not in str(caught.value)
+
+
+async def test_unreachable_endpoint_is_a_transient_network_error() -> None:
+    config = ses_config(f"http://127.0.0.1:{closed_port()}")
+    async with SesProvider(config, SENDER) as provider:
+        with pytest.raises(TransientDeliveryError) as caught:
+            await provider.send(MESSAGE)
+    assert caught.value.reason == "network"
+    assert_no_personal_data(caught.value)
+
+
+# moto only rejects unverified senders; the other SES answers are built by hand from the
+# codes and messages SES documents.
+@pytest.mark.parametrize(
+    ("error", "kind", "reason"),
+    [
+        (
+            client_error("MessageRejected", f"Illegal address: {TO}"),
+            PermanentDeliveryError,
+            "ses_message_rejected",
+        ),
+        (
+            client_error("MessageRejected", f"Address blacklisted. {TO}"),
+            PermanentDeliveryError,
+            "ses_message_rejected",
+        ),
+        (
+            client_error(
+                "MessageRejected",
+                "Email address is not verified. The following identities failed the check "
+                f"in region EU-WEST-1: {TO}",
+            ),
+            TransientDeliveryError,
+            "ses_identity_not_verified",
+        ),
+        (
+            client_error("MessageRejected", "Message length is more than 10485760 bytes long"),
+            TransientDeliveryError,
+            "ses_content_rejected",
+        ),
+        (
+            client_error("BadRequestException", f"Missing final '@domain': {TO}"),
+            PermanentDeliveryError,
+            "invalid_recipient",
+        ),
+        (
+            client_error("MailFromDomainNotVerifiedException", "MAIL FROM not verified"),
+            TransientDeliveryError,
+            "ses_mail_from_not_verified",
+        ),
+        (
+            client_error("AccountSuspendedException", "suspended"),
+            TransientDeliveryError,
+            "ses_account_suspended",
+        ),
+        (
+            client_error("SendingPausedException", "paused"),
+            TransientDeliveryError,
+            "ses_sending_paused",
+        ),
+        (
+            client_error("NotFoundException", "configuration set does not exist"),
+            TransientDeliveryError,
+            "ses_not_found",
+        ),
+        (
+            client_error("TooManyRequestsException", "slow down", 429),
+            TransientDeliveryError,
+            "throttled",
+        ),
+        (
+            client_error("Throttling", "Maximum sending rate exceeded."),
+            TransientDeliveryError,
+            "throttled",
+        ),
+        (
+            client_error("LimitExceededException", "Daily message quota exceeded"),
+            TransientDeliveryError,
+            "throttled",
+        ),
+        (
+            client_error("UnrecognizedClientException", "bad key", 403),
+            TransientDeliveryError,
+            "auth",
+        ),
+        (client_error("InternalFailure", "oops", 500), TransientDeliveryError, "server_error"),
+        (client_error("ServiceUnavailable", "", 503), TransientDeliveryError, "server_error"),
+        (client_error("SomethingNew", "?", 400), TransientDeliveryError, "ses_error"),
+        (NoCredentialsError(), TransientDeliveryError, "no_credentials"),
+        (EndpointConnectionError(endpoint_url="https://x.test"), TransientDeliveryError, "network"),
+        (ReadTimeoutError(endpoint_url="https://x.test"), TransientDeliveryError, "timeout"),
+        (ConnectionResetError(), TransientDeliveryError, "network"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_classify_maps_ses_errors(error: Exception, kind: type[DeliveryError], reason: str) -> None:
+    classified = SesProvider(ses_config(""), SENDER).classify(error)
+    assert type(classified) is kind
+    assert classified.reason == reason
+    assert_no_personal_data(classified)
+
+
+async def test_health_reports_region_and_endpoint(moto: Moto) -> None:
+    async with SesProvider(ses_config(moto.url), SENDER) as provider:
+        assert await provider.health() == {"region": REGION, "endpoint": moto.url}
+    async with SesProvider(ses_config(""), SENDER) as provider:
+        assert await provider.health() == {
+            "region": REGION,
+            "endpoint": f"https://email.{REGION}.amazonaws.com",
+        }
+
+
+def test_half_set_static_credentials_are_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"ses\.secret_access_key"):
+        SesProvider(SesConfig(access_key_id="AKIAEXAMPLE"), SENDER)
+
+
+def test_registry_builds_ses_from_config() -> None:
+    config = load_config(
+        data={"email": {"providers": ["ses", "outbox"]}, "ses": {"region": REGION}}, env={}
+    )
+    providers = build_providers(Channel.EMAIL, config, ProviderDeps(SharedSession(), FakeClock()))
+    assert [type(p) for p in providers] == [SesProvider, OutboxEmailProvider]
+    assert isinstance(providers[0], SesProvider)
+    assert providers[0].region == REGION

@@ -1,0 +1,241 @@
+"""Twilio provider: the SDK's request over the shared session, and error classification."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aioresponses import CallbackResult, aioresponses
+
+from otpd.clock import FakeClock
+from otpd.config import TwilioConfig, load_config
+from otpd.errors import ConfigError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from otpd.models import Channel, Message
+from otpd.providers.http import SharedSession
+from otpd.providers.registry import ProviderDeps, build_providers
+from otpd.providers.twilio import TwilioProvider
+
+SID = "AC" + "0123456789abcdef" * 2
+API = re.compile(r"^https://api\.twilio\.com/2010-04-01/Accounts/AC[0-9a-f]{32}/Messages\.json$")
+TO = "+14155550123"
+CODE = "493817"
+CONFIG = TwilioConfig(account_sid=SID, auth_token="tok", from_number="+14155550100")
+MESSAGE = Message(channel=Channel.SMS, to=TO, text=f"Your code is {CODE}", tag="otp_code")
+CREATED = {"sid": "SM" + "f" * 32, "status": "queued", "to": TO, "account_sid": SID}
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[SharedSession]:
+    async with SharedSession() as shared:
+        yield shared
+
+
+@pytest.fixture
+async def provider(http: SharedSession) -> AsyncIterator[TwilioProvider]:
+    async with TwilioProvider(CONFIG, http) as p:
+        yield p
+
+
+def only_request(mocked: Any) -> tuple[str, str, Any]:
+    calls = [(m, str(u), c) for (m, u), cs in mocked.requests.items() for c in cs]
+    assert len(calls) == 1
+    return calls[0]
+
+
+def twilio_error(code: int, status: int) -> dict[str, Any]:
+    return {
+        "code": code,
+        "message": f"The 'To' number {TO} is not a valid phone number.",
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+
+
+async def send_expecting_error(provider: TwilioProvider, **reply: Any) -> DeliveryError:
+    with aioresponses() as mocked:
+        mocked.post(API, **reply)
+        with pytest.raises(DeliveryError) as caught:
+            await provider.send(MESSAGE)
+    error = caught.value
+    # Twilio's own messages quote the number: none of it may reach our error
+    for text in (str(error), error.reason, repr(error.details)):
+        assert TO.lstrip("+") not in text
+        assert CODE not in text
+    assert error.provider == "twilio"
+    return error
+
+
+async def test_creates_a_message_with_the_exact_form_and_returns_its_sid(
+    provider: TwilioProvider,
+) -> None:
+    with aioresponses() as mocked:
+        mocked.post(API, status=201, payload=CREATED)
+        result = await provider.send(MESSAGE)
+
+    assert (result.provider, result.message_id) == ("twilio", "SM" + "f" * 32)
+    method, url, call = only_request(mocked)
+    assert (method, url) == (
+        "POST",
+        f"https://api.twilio.com/2010-04-01/Accounts/{SID}/Messages.json",
+    )
+    assert call.kwargs["data"] == {"To": TO, "From": "+14155550100", "Body": f"Your code is {CODE}"}
+    assert call.kwargs["auth"].login == SID
+    assert call.kwargs["auth"].password == "tok"
+    assert call.kwargs["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
+
+
+async def test_uses_the_messaging_service_and_status_callback_when_configured(
+    http: SharedSession,
+) -> None:
+    config = TwilioConfig(
+        account_sid=SID,
+        auth_token="tok",
+        messaging_service_sid="MG" + "1" * 32,
+        status_callback="https://otpd.example.org/twilio/status",
+    )
+    async with TwilioProvider(config, http) as provider:
+        with aioresponses() as mocked:
+            mocked.post(API, status=201, payload=CREATED)
+            await provider.send(MESSAGE)
+
+    _, _, call = only_request(mocked)
+    assert call.kwargs["data"] == {
+        "To": TO,
+        "MessagingServiceSid": "MG" + "1" * 32,
+        "Body": f"Your code is {CODE}",
+        "StatusCallback": "https://otpd.example.org/twilio/status",
+    }
+
+
+async def test_requests_go_through_the_shared_session_which_aclose_leaves_open(
+    http: SharedSession,
+) -> None:
+    provider = TwilioProvider(CONFIG, http)
+    async with provider:
+        transport = provider._transport
+        assert transport is not None
+        # no session of its own (default connector, unknown resolver), no retry wrapper
+        assert transport.session is None
+        with aioresponses() as mocked:
+            mocked.post(API, status=201, payload=CREATED)
+            await provider.send(MESSAGE)
+        assert transport.session is http.session
+    assert transport.session is None
+    assert not http.session.closed
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (21211, "invalid_recipient"),
+        (21610, "recipient_unsubscribed"),
+        (21614, "recipient_not_mobile"),
+    ],
+)
+async def test_recipient_error_codes_are_permanent(
+    provider: TwilioProvider, code: int, reason: str
+) -> None:
+    error = await send_expecting_error(provider, status=400, payload=twilio_error(code, 400))
+    assert isinstance(error, PermanentDeliveryError)
+    assert error.reason == reason
+    assert str(code) in error.message
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "reason"),
+    [
+        (20003, 401, "provider_auth"),
+        (20429, 429, "throttled"),
+        (21408, 400, "region_not_enabled"),
+        (21612, 400, "route_unavailable"),
+    ],
+)
+async def test_account_and_route_error_codes_are_transient(
+    provider: TwilioProvider, code: int, status: int, reason: str
+) -> None:
+    error = await send_expecting_error(provider, status=status, payload=twilio_error(code, status))
+    assert isinstance(error, TransientDeliveryError)
+    assert error.reason == reason
+
+
+async def test_unknown_error_code_falls_back_to_the_http_status(provider: TwilioProvider) -> None:
+    error = await send_expecting_error(provider, status=400, payload=twilio_error(21606, 400))
+    assert isinstance(error, TransientDeliveryError)
+    assert error.reason == "provider_rejected"
+    assert "21606" in error.message
+
+
+async def test_plain_429_without_a_twilio_body_is_throttled(provider: TwilioProvider) -> None:
+    error = await send_expecting_error(provider, status=429, body="Too Many Requests")
+    assert isinstance(error, TransientDeliveryError)
+    assert error.reason == "throttled"
+
+
+@pytest.mark.parametrize("status", [500, 503])
+async def test_server_errors_are_transient(provider: TwilioProvider, status: int) -> None:
+    error = await send_expecting_error(provider, status=status, body="<html>down</html>")
+    assert isinstance(error, TransientDeliveryError)
+    assert error.reason == "provider_error"
+
+
+async def test_rfc9457_service_errors_are_classified_by_code(provider: TwilioProvider) -> None:
+    problem = {
+        "type": "https://www.twilio.com/docs/errors/21610",
+        "title": "Attempt to send to unsubscribed recipient",
+        "status": 400,
+        "code": 21610,
+        "detail": f"{TO} replied STOP",
+    }
+    error = await send_expecting_error(provider, status=400, payload=problem)
+    assert isinstance(error, PermanentDeliveryError)
+    assert error.reason == "recipient_unsubscribed"
+
+
+async def test_network_failure_is_transient(provider: TwilioProvider) -> None:
+    error = await send_expecting_error(provider, exception=aiohttp.ServerDisconnectedError())
+    assert isinstance(error, TransientDeliveryError)
+    assert error.reason == "network"
+
+
+async def test_a_hanging_request_times_out_as_transient(http: SharedSession) -> None:
+    # The SDK sends timeout=None per request, which aiohttp takes as "no timeout at all".
+    async def hang(url: Any, **kwargs: Any) -> CallbackResult:
+        await asyncio.sleep(5)
+        return CallbackResult(status=201, payload=CREATED)  # pragma: no cover
+
+    async with TwilioProvider(CONFIG, http, timeout=0.05) as provider:
+        error = await send_expecting_error(provider, callback=hang)
+    assert isinstance(error, TransientDeliveryError)
+    assert error.reason == "timeout"
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"auth_token": "tok", "from_number": "+14155550100"}, "account_sid"),
+        ({"account_sid": SID, "from_number": "+14155550100"}, "auth_token"),
+        ({"account_sid": SID, "auth_token": "tok"}, "from_number"),
+    ],
+)
+async def test_incomplete_config_fails_at_build_time_naming_the_key(
+    http: SharedSession, values: dict[str, str], key: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"^twilio\.{key}: "):
+        TwilioProvider(TwilioConfig(**values), http)
+
+
+async def test_registry_builds_twilio_from_config(http: SharedSession) -> None:
+    config = load_config(
+        data={
+            "sms": {"providers": ["twilio", "console"]},
+            "twilio": {"account_sid": SID, "auth_token": "tok", "from_number": "+14155550100"},
+        },
+        env={},
+    )
+    built = build_providers(Channel.SMS, config, ProviderDeps(http=http, clock=FakeClock()))
+    assert [p.name for p in built] == ["twilio", "console"]
+    assert await built[0].health() == {"base_url": "https://api.twilio.com", "open": False}
