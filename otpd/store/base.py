@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -9,7 +10,16 @@ from typing import Protocol
 from otpd.models import TaskRecord, VerifyResult
 from otpd.store.keys import Keys
 
-__all__ = ["Limit", "LimitExceeded", "OtpRecord", "Store", "VerifyOutcome"]
+__all__ = [
+    "Limit",
+    "LimitExceeded",
+    "OtpRecord",
+    "Store",
+    "TokenCheck",
+    "TokenOutcome",
+    "TokenRecord",
+    "VerifyOutcome",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +28,9 @@ class Limit:
 
     ``scope`` names the limit in errors and metrics (``user_hour``, ``ip_hour``). A
     ``distinct`` limit counts different members instead of hits: a member already seen in
-    the window always passes (``at most 10 different numbers per range``).
+    the window always passes (``at most 10 different numbers per range``). ``member``
+    overrides the member of the call for this limit (a distinct limit names what it
+    counts: the hashed number), so limits of different kinds can go in one atomic call.
     """
 
     scope: str
@@ -26,6 +38,7 @@ class Limit:
     limit: int
     window: int
     distinct: bool = False
+    member: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +71,41 @@ class VerifyOutcome:
     channel: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """What is stored for a link token: its keyed hash, owner and audit fields, never the
+    token itself."""
+
+    token_id: str
+    token_hash: str
+    purpose: str
+    user_id: str
+    email: str
+    created_at: float
+    expires_at: float
+    client_ip: str = ""
+    user_agent: str = ""
+
+
+class TokenCheck(enum.StrEnum):
+    """Why a token was (not) accepted; for audit logs only, never for the caller."""
+
+    OK = "ok"
+    UNKNOWN = "unknown"
+    EXPIRED = "expired"
+    MISMATCH = "mismatch"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenOutcome:
+    """``record`` is set only when ``check`` is OK; ``user_id`` names the owner of the
+    record that was found (for audit logs) even when the token did not match."""
+
+    check: TokenCheck
+    record: TokenRecord | None = None
+    user_id: str = ""
+
+
 class Store(Protocol):
     """Atomic operations on codes, limits and task records.
 
@@ -77,6 +125,17 @@ class Store(Protocol):
 
     async def verify_otp(self, key: str, code_hash: str, now: float) -> VerifyOutcome:
         """Compare in constant time, count a failed attempt, consume on success."""
+
+    async def issue_token(
+        self, key: str, record: TokenRecord, limits: Sequence[Limit], now: float
+    ) -> LimitExceeded | None:
+        """Check and count ``limits``, then replace the token at ``key``; all or nothing."""
+
+    async def use_token(
+        self, key: str, token_hash: str, purpose: str, now: float, *, consume: bool
+    ) -> TokenOutcome:
+        """Compare the token at ``key`` in constant time; on a match delete it if
+        ``consume`` (so at most one caller ever consumes a token)."""
 
     async def hit_limits(
         self, limits: Sequence[Limit], member: str, now: float, *, consume: bool = True

@@ -35,11 +35,10 @@ class Keys:
     def idempotency(self, scope: str, key: str) -> str:
         return f"{self.prefix}idem:{{i:{scope}:{key}}}"
 
-    def token(self, token_hash: str) -> str:
-        return f"{self.prefix}tok:{{k:{token_hash}}}"
-
-    def token_owner(self, purpose: str, user_id: str) -> str:
-        return f"{self.prefix}tokown:{{u:{user_id}}}:{purpose}"
+    def token(self, owner_ref: str, purpose: str) -> str:
+        """The one live link token of an owner; ``owner_ref`` is a keyed hash of
+        (purpose, user id), so a new token for the same owner overwrites the old one."""
+        return f"{self.prefix}tok:{{o:{owner_ref}}}:{purpose}"
 
     def counter(self, name: str) -> str:
         return f"{self.prefix}ctr:{{c:{name}}}"

@@ -13,7 +13,15 @@ from typing import Any, Self
 
 from otpd.clock import Clock, SystemClock
 from otpd.models import TaskRecord, VerifyReason, VerifyResult
-from otpd.store.base import Limit, LimitExceeded, OtpRecord, VerifyOutcome
+from otpd.store.base import (
+    Limit,
+    LimitExceeded,
+    OtpRecord,
+    TokenCheck,
+    TokenOutcome,
+    TokenRecord,
+    VerifyOutcome,
+)
 from otpd.store.keys import Keys
 
 __all__ = ["MemoryStore"]
@@ -71,7 +79,7 @@ class MemoryStore:
         worst: LimitExceeded | None = None
         for lim in limits:
             hits = self._window(lim, now)
-            if len(hits) >= lim.limit and not (lim.distinct and member in hits):
+            if len(hits) >= lim.limit and not (lim.distinct and (lim.member or member) in hits):
                 times = sorted(hits.values())
                 retry = times[len(times) - lim.limit] + lim.window - now
                 if worst is None or retry > worst.retry_after:
@@ -81,7 +89,7 @@ class MemoryStore:
     def _record(self, limits: Sequence[Limit], now: float, member: str) -> None:
         for lim in limits:
             hits = self._window(lim, now)
-            hits[member] = now
+            hits[lim.member or member] = now
             self._set(lim.key, hits, now + lim.window)
 
     # ------------------------------------------------------------------ store API
@@ -112,6 +120,33 @@ class MemoryStore:
         rec["attempts"] += 1
         left = rec["max_attempts"] - rec["attempts"]
         return VerifyOutcome(VerifyResult(False, VerifyReason.INVALID_CODE, left), *ids)
+
+    async def issue_token(
+        self, key: str, record: TokenRecord, limits: Sequence[Limit], now: float
+    ) -> LimitExceeded | None:
+        refused = self._check(limits, now, record.token_id)
+        if refused:
+            return refused
+        self._record(limits, now, record.token_id)
+        self._set(key, dataclasses.replace(record), record.expires_at)
+        return None
+
+    async def use_token(
+        self, key: str, token_hash: str, purpose: str, now: float, *, consume: bool
+    ) -> TokenOutcome:
+        entry = self._data.get(key)
+        if entry is None:
+            return TokenOutcome(TokenCheck.UNKNOWN)
+        rec: TokenRecord = entry[0]
+        # the record's own expires_at, not the entry's, mirrors the Redis script exactly
+        if now >= rec.expires_at:
+            del self._data[key]
+            return TokenOutcome(TokenCheck.EXPIRED, user_id=rec.user_id)
+        if rec.purpose != purpose or not hmac.compare_digest(rec.token_hash, token_hash):
+            return TokenOutcome(TokenCheck.MISMATCH, user_id=rec.user_id)
+        if consume:
+            del self._data[key]
+        return TokenOutcome(TokenCheck.OK, dataclasses.replace(rec), rec.user_id)
 
     async def hit_limits(
         self, limits: Sequence[Limit], member: str, now: float, *, consume: bool = True

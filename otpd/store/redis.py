@@ -16,7 +16,15 @@ from redis.commands.core import AsyncScript
 from otpd.config import StoreConfig
 from otpd.errors import UnavailableError
 from otpd.models import Channel, TaskRecord, TaskStatus, VerifyReason, VerifyResult
-from otpd.store.base import Limit, LimitExceeded, OtpRecord, VerifyOutcome
+from otpd.store.base import (
+    Limit,
+    LimitExceeded,
+    OtpRecord,
+    TokenCheck,
+    TokenOutcome,
+    TokenRecord,
+    VerifyOutcome,
+)
 from otpd.store.keys import Keys
 
 __all__ = ["RedisStore", "load_script"]
@@ -34,11 +42,11 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
-def _limit_args(limits: Sequence[Limit]) -> tuple[list[str], list[int]]:
+def _limit_args(limits: Sequence[Limit]) -> tuple[list[str], list[int | str]]:
     keys = [lim.key for lim in limits]
-    args: list[int] = []
+    args: list[int | str] = []
     for lim in limits:
-        args += [lim.limit, lim.window * 1000, int(lim.distinct)]
+        args += [lim.limit, lim.window * 1000, int(lim.distinct), lim.member]
     return keys, args
 
 
@@ -72,7 +80,14 @@ class RedisStore:
         try:
             async with self._guard():
                 await self._redis.ping()
-                for name in ("issue_otp", "verify_otp", "hit_limits", "capped_add"):
+                for name in (
+                    "issue_otp",
+                    "verify_otp",
+                    "hit_limits",
+                    "capped_add",
+                    "issue_token",
+                    "use_token",
+                ):
                     script = self._redis.register_script(load_script(name))
                     # Loaded once here so every later call is a single EVALSHA.
                     await self._redis.script_load(script.script)
@@ -147,6 +162,47 @@ class RedisStore:
             return VerifyOutcome(VerifyResult(True), otp_id, channel)
         result = VerifyResult(False, VerifyReason(reason), max(0, int(left)))
         return VerifyOutcome(result, otp_id, channel)
+
+    # ------------------------------------------------------------------ link tokens
+
+    async def issue_token(
+        self, key: str, record: TokenRecord, limits: Sequence[Limit], now: float
+    ) -> LimitExceeded | None:
+        limit_keys, limit_args = _limit_args(limits)
+        fields: list[Any] = []
+        for name, value in dataclasses.asdict(record).items():
+            fields += [name, value]
+        ttl = max(1, _ms(record.expires_at - now))
+        reply = await self._script(
+            "issue_token",
+            [key, *limit_keys],
+            [_ms(now), ttl, record.token_id, len(limits), *limit_args, *fields],
+        )
+        return _refusal(limits, reply)
+
+    async def use_token(
+        self, key: str, token_hash: str, purpose: str, now: float, *, consume: bool
+    ) -> TokenOutcome:
+        # expires_at is stored in seconds; compare in the same unit
+        reply = await self._script(
+            "use_token", [key], [token_hash, now, purpose, 1 if consume else 0]
+        )
+        check = TokenCheck(reply[0])
+        if check is not TokenCheck.OK:
+            return TokenOutcome(check, user_id=reply[1] if len(reply) > 1 else "")
+        token_id, token_hash_, purpose_, user_id, email, created, expires, ip, agent = reply[1:]
+        record = TokenRecord(
+            token_id=token_id,
+            token_hash=token_hash_,
+            purpose=purpose_,
+            user_id=user_id,
+            email=email,
+            created_at=float(created),
+            expires_at=float(expires),
+            client_ip=ip,
+            user_agent=agent,
+        )
+        return TokenOutcome(check, record, user_id)
 
     async def hit_limits(
         self, limits: Sequence[Limit], member: str, now: float, *, consume: bool = True

@@ -1,4 +1,4 @@
--- KEYS: limit keys; ARGV: now_ms, member, consume (0|1), n, (limit, window_ms, distinct) * n
+-- KEYS: limit keys; ARGV: now_ms, member, consume (0|1), n, (limit, window_ms, distinct, member) * n
 -- -> {1} counted (or would fit) | {0, limit_index, retry_ms}
 local now = tonumber(ARGV[1])
 local n = tonumber(ARGV[4])

@@ -1,5 +1,5 @@
 -- KEYS[1] code hash; KEYS[2..n+1] limit keys
--- ARGV: now_ms, ttl_ms, member, n, (limit, window_ms, distinct) * n, (field, value) * m
+-- ARGV: now_ms, ttl_ms, member, n, (limit, window_ms, distinct, member) * n, (field, value) * m
 -- -> {1} stored | {0, limit_index, retry_ms}
 local now = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
@@ -12,7 +12,7 @@ end
 record_hits(2, 5, n, now, member)
 redis.call('DEL', KEYS[1])
 local fields = {}
-for i = 5 + 3 * n, #ARGV do
+for i = 5 + 4 * n, #ARGV do
   fields[#fields + 1] = ARGV[i]
 end
 redis.call('HSET', KEYS[1], unpack(fields))

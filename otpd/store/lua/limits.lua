@@ -1,18 +1,27 @@
 -- Shared prelude: sliding-window limits kept as sorted sets of hit times (ms).
--- Limits are passed as KEYS[k0 .. k0+n-1] with ARGV triples (limit, window_ms, distinct)
--- from a0. A distinct limit counts members, not hits: a member already in the window
--- passes and does not count again (e.g. "distinct numbers per range").
+-- Limits are passed as KEYS[k0 .. k0+n-1] with ARGV quads (limit, window_ms, distinct,
+-- member) from a0; an empty member means the member of the call. A distinct limit counts
+-- members, not hits: a member already in the window passes and does not count again
+-- (e.g. "distinct numbers per range").
+
+local function limit_member(a0, i, member)
+  local own = ARGV[a0 + 4 * (i - 1) + 3]
+  if own == '' then
+    return member
+  end
+  return own
+end
 
 local function check_limits(k0, a0, n, now, member)
   local worst_i, worst_retry = 0, -1
   for i = 1, n do
     local key = KEYS[k0 + i - 1]
-    local limit = tonumber(ARGV[a0 + 3 * (i - 1)])
-    local window = tonumber(ARGV[a0 + 3 * (i - 1) + 1])
-    local distinct = ARGV[a0 + 3 * (i - 1) + 2] == '1'
+    local limit = tonumber(ARGV[a0 + 4 * (i - 1)])
+    local window = tonumber(ARGV[a0 + 4 * (i - 1) + 1])
+    local distinct = ARGV[a0 + 4 * (i - 1) + 2] == '1'
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
     local count = redis.call('ZCARD', key)
-    local known = distinct and redis.call('ZSCORE', key, member)
+    local known = distinct and redis.call('ZSCORE', key, limit_member(a0, i, member))
     if count >= limit and not known then
       -- the hit that must leave the window before one more fits
       local oldest = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
@@ -31,8 +40,8 @@ end
 local function record_hits(k0, a0, n, now, member)
   for i = 1, n do
     local key = KEYS[k0 + i - 1]
-    local window = tonumber(ARGV[a0 + 3 * (i - 1) + 1])
-    redis.call('ZADD', key, now, member)
+    local window = tonumber(ARGV[a0 + 4 * (i - 1) + 1])
+    redis.call('ZADD', key, now, limit_member(a0, i, member))
     redis.call('PEXPIRE', key, window)
   end
 end
