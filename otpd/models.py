@@ -65,7 +65,8 @@ class Message:
 
     ``to`` is an email address or an E.164 number. ``subject`` and ``html`` are
     email-only. ``tag`` names what the message is (``otp_code``, ``password_reset``) for
-    metrics and logs; it never contains personal data.
+    metrics and logs; it never contains personal data. ``limits_counted`` is set when the
+    caller already counted the sending limits atomically with its own (OTP issue).
     """
 
     channel: Channel
@@ -75,6 +76,7 @@ class Message:
     html: str = ""
     tag: str = "message"
     headers: tuple[tuple[str, str], ...] = ()
+    limits_counted: bool = False
 
 
 @dataclass(frozen=True, slots=True)

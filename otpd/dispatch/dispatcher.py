@@ -17,6 +17,7 @@ import structlog
 
 from otpd.clock import Clock
 from otpd.config import DispatchConfig
+from otpd.dispatch.limits import SendLimiter
 from otpd.dispatch.retry import RetryPolicy
 from otpd.errors import DeliveryError, PermanentDeliveryError, UnavailableError
 from otpd.metrics import Metrics
@@ -24,9 +25,16 @@ from otpd.models import Channel, Message, TaskRecord, TaskStatus
 from otpd.providers.chain import ProviderChain
 from otpd.store.base import Store
 
-__all__ = ["Dispatcher", "ShutdownReport"]
+__all__ = ["Dispatcher", "ShutdownReport", "new_task_id"]
 
 log = structlog.get_logger("otpd.dispatch")
+
+_CANCEL_ROUNDS = 20
+_CANCEL_WAIT = 0.25
+
+
+def new_task_id() -> str:
+    return "tsk_" + secrets.token_hex(12)
 
 
 @dataclass(slots=True)
@@ -55,6 +63,7 @@ class Dispatcher:
         clock: Clock,
         metrics: Metrics,
         retry: RetryPolicy | None = None,
+        limiter: SendLimiter | None = None,
     ) -> None:
         self.store = store
         self.chains = dict(chains)
@@ -64,6 +73,7 @@ class Dispatcher:
         self.retry = retry or RetryPolicy(
             config.max_attempts, config.backoff_base_seconds, config.backoff_max_seconds
         )
+        self.limiter = limiter
         self._queue: asyncio.Queue[_Job] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._waiting: dict[str, tuple[_Job, asyncio.TimerHandle]] = {}
@@ -117,10 +127,7 @@ class Dispatcher:
             await asyncio.wait_for(queue.join(), self.config.drain_timeout_seconds)
         except TimeoutError:
             drained = False
-        for worker in self._workers:
-            worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        self._workers = []
+        await self._stop_workers()
         while not queue.empty():
             leftover.append(queue.get_nowait())
         leftover.extend(self._interrupted)
@@ -137,28 +144,66 @@ class Dispatcher:
         )
         return report
 
+    async def _stop_workers(self) -> None:
+        """Cancel the workers and wait for them, cancelling again if a library swallowed
+        the first cancellation (redis-py can, mid-command)."""
+        pending = set(self._workers)
+        for _ in range(_CANCEL_ROUNDS):
+            for worker in pending:
+                worker.cancel()
+            _, pending = await asyncio.wait(pending, timeout=_CANCEL_WAIT)
+            if not pending:
+                break
+        else:
+            log.error("dispatcher.workers_did_not_stop", workers=len(pending))
+        self._workers = []
+
     # ------------------------------------------------------------------ intake
 
-    async def enqueue(self, message: Message) -> TaskRecord:
-        """Record a task for ``message`` and queue it; returns the recorded task."""
+    def _new_record(self, message: Message, status: TaskStatus, error: str = "") -> TaskRecord:
+        now = self._clock.time()
+        return TaskRecord(
+            task_id=new_task_id(),
+            channel=message.channel,
+            status=status,
+            tag=message.tag,
+            created_at=now,
+            updated_at=now,
+            last_error=error,
+        )
+
+    async def enqueue(self, message: Message, *, task_id: str | None = None) -> TaskRecord:
+        """Record a task for ``message`` and queue it; returns the recorded task.
+
+        ``task_id`` lets a caller fix the id in advance (idempotency keys).
+        """
         if message.channel not in self.chains:
             raise UnavailableError(f"no {message.channel} providers are configured")
         if not self._accepting or self._queue is None:
             raise UnavailableError("the dispatcher is not accepting messages")
         if self._queue.qsize() + len(self._waiting) >= self.config.queue_size:
             raise UnavailableError("the delivery queue is full")
-        now = self._clock.time()
-        record = TaskRecord(
-            task_id="tsk_" + secrets.token_hex(12),
-            channel=message.channel,
-            status=TaskStatus.QUEUED,
-            tag=message.tag,
-            created_at=now,
-            updated_at=now,
-        )
+        record = self._new_record(message, TaskStatus.QUEUED)
+        if task_id is not None:
+            record.task_id = task_id
         await self.store.put_task(record, self.config.task_ttl_seconds)
         self._queue.put_nowait(_Job(record, message))
         self._metrics.queue_depth.set(self._queue.qsize())
+        return record
+
+    async def reject(
+        self, message: Message, reason: str, *, task_id: str | None = None
+    ) -> TaskRecord:
+        """Record a task that ends ``failed`` with ``reason`` without sending anything.
+
+        For callers that must answer like an accepted send (no account enumeration) but
+        were refused, e.g. by a silent rate limit: the refusal stays visible in the task.
+        """
+        record = self._new_record(message, TaskStatus.FAILED, reason)
+        if task_id is not None:
+            record.task_id = task_id
+        await self.store.put_task(record, self.config.task_ttl_seconds)
+        self._metrics.tasks.labels(message.channel.value, TaskStatus.FAILED.value).inc()
         return record
 
     # ------------------------------------------------------------------ workers
@@ -166,7 +211,11 @@ class Dispatcher:
     async def _work(self) -> None:
         assert self._queue is not None
         queue = self._queue
+        task = asyncio.current_task()
         while True:
+            if task is not None and task.cancelling():
+                # a cancellation was swallowed below us: stop instead of waiting for more
+                raise asyncio.CancelledError
             job = await queue.get()
             self._metrics.queue_depth.set(queue.qsize())
             try:
@@ -184,6 +233,8 @@ class Dispatcher:
 
     async def _attempt(self, job: _Job) -> None:
         record = job.record
+        if record.attempts == 0 and not await self._admit(job):
+            return
         record.attempts += 1
         await self._save(job, TaskStatus.SENDING)
         chain = self.chains[record.channel]
@@ -211,6 +262,17 @@ class Dispatcher:
             return
         record.last_error = ""
         await self._finish(job, TaskStatus.SENT, "", result.provider)
+
+    async def _admit(self, job: _Job) -> bool:
+        """Count the sending limits once per task; a refused task ends failed."""
+        if self.limiter is None or job.message.limits_counted:
+            return True
+        refused = await self.limiter.admit(job.message, job.record.task_id, self._clock.time())
+        if refused is None:
+            return True
+        self._metrics.rate_limited.labels(refused.scope).inc()
+        await self._finish(job, TaskStatus.FAILED, f"rate_limited: {refused.scope}")
+        return False
 
     def _schedule(self, job: _Job, delay: float) -> None:
         loop = asyncio.get_running_loop()

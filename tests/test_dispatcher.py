@@ -1,0 +1,261 @@
+"""The background dispatcher: status records, retries, limits and a drain that loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+
+from otpd.clock import FakeClock
+from otpd.config import BreakerConfig, DispatchConfig, EmailConfig, SmsConfig
+from otpd.crypto import Hasher
+from otpd.dispatch import Dispatcher, RetryPolicy, SendLimiter
+from otpd.errors import UnavailableError
+from otpd.metrics import Metrics
+from otpd.models import Channel, Message, SendResult, TaskRecord, TaskStatus
+from otpd.providers.chain import ProviderChain
+from otpd.store.base import Store
+from tests.fakes import ScriptedProvider, permanent, transient
+
+MSG = Message(Channel.EMAIL, "a@example.com", "hello", "subject", tag="test")
+
+
+def fast(**overrides: float) -> DispatchConfig:
+    values: dict[str, float] = {
+        "workers": 2,
+        "max_attempts": 3,
+        "backoff_base_seconds": 0.005,
+        "backoff_max_seconds": 0.02,
+        "drain_timeout_seconds": 1.0,
+    }
+    values.update(overrides)
+    return DispatchConfig(**values)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def running(
+    store: Store,
+    provider: ScriptedProvider,
+    config: DispatchConfig,
+    clock: FakeClock,
+    limiter: SendLimiter | None = None,
+) -> AsyncIterator[Dispatcher]:
+    metrics = Metrics()
+    chain = ProviderChain(
+        Channel.EMAIL,
+        [provider],
+        breaker=BreakerConfig(failure_threshold=100),
+        clock=clock,
+        metrics=metrics,
+    )
+    async with (
+        chain,
+        Dispatcher(
+            store, {Channel.EMAIL: chain}, config, clock=clock, metrics=metrics, limiter=limiter
+        ) as dispatcher,
+    ):
+        yield dispatcher
+
+
+async def until(store: Store, task_id: str, done: Callable[[TaskRecord], bool]) -> TaskRecord:
+    for _ in range(400):
+        record = await store.get_task(task_id)
+        if record is not None and done(record):
+            return record
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"task {task_id} never reached the expected state: {record}")
+
+
+def final(record: TaskRecord) -> bool:
+    return record.status.final
+
+
+async def test_delivered_task_is_recorded_as_sent(store: Store, clock: FakeClock) -> None:
+    provider = ScriptedProvider("outbox")
+    async with running(store, provider, fast(), clock) as dispatcher:
+        queued = await dispatcher.enqueue(MSG)
+        assert (await store.get_task(queued.task_id)) is not None
+        record = await until(store, queued.task_id, final)
+    assert (record.status, record.attempts, record.provider) == (TaskStatus.SENT, 1, "outbox")
+    assert provider.sent == [MSG]
+
+
+async def test_transient_failure_is_retried_then_delivered(store: Store, clock: FakeClock) -> None:
+    provider = ScriptedProvider("outbox", [transient(), transient()])
+    async with running(store, provider, fast(), clock) as dispatcher:
+        queued = await dispatcher.enqueue(MSG)
+        record = await until(store, queued.task_id, final)
+    assert (record.status, record.attempts, record.last_error) == (TaskStatus.SENT, 3, "")
+
+
+async def test_retrying_status_is_visible_between_attempts(store: Store, clock: FakeClock) -> None:
+    provider = ScriptedProvider("outbox", [transient("throttled")])
+    config = fast(backoff_base_seconds=0.3, backoff_max_seconds=0.3)
+    async with running(store, provider, config, clock) as dispatcher:
+        queued = await dispatcher.enqueue(MSG)
+        waiting = await until(store, queued.task_id, lambda r: r.status is TaskStatus.RETRYING)
+        assert waiting.attempts == 1
+        assert waiting.last_error.startswith("all_providers_failed")
+        assert (await until(store, queued.task_id, final)).status is TaskStatus.SENT
+
+
+async def test_task_fails_after_max_attempts(store: Store, clock: FakeClock) -> None:
+    provider = ScriptedProvider("outbox", default=transient())
+    async with running(store, provider, fast(max_attempts=3), clock) as dispatcher:
+        queued = await dispatcher.enqueue(MSG)
+        record = await until(store, queued.task_id, final)
+    assert (record.status, record.attempts) == (TaskStatus.FAILED, 3)
+    assert provider.calls == 3
+
+
+async def test_permanent_failure_is_not_retried(store: Store, clock: FakeClock) -> None:
+    provider = ScriptedProvider("outbox", default=permanent("smtp_550"))
+    async with running(store, provider, fast(), clock) as dispatcher:
+        queued = await dispatcher.enqueue(MSG)
+        record = await until(store, queued.task_id, final)
+    assert (record.status, record.attempts, record.provider) == (TaskStatus.FAILED, 1, "outbox")
+    assert record.last_error.startswith("smtp_550")
+
+
+async def test_shutdown_drains_queued_work_within_the_deadline(
+    store: Store, clock: FakeClock
+) -> None:
+    provider = ScriptedProvider("outbox")
+    async with running(store, provider, fast(workers=1), clock) as dispatcher:
+        ids = [(await dispatcher.enqueue(MSG)).task_id for _ in range(20)]
+    assert dispatcher.last_report is not None
+    assert dispatcher.last_report.unfinished == ()
+    assert len(provider.sent) == 20
+    assert {(await store.get_task(i)).status for i in ids} == {TaskStatus.SENT}  # type: ignore[union-attr]
+
+
+async def test_work_left_at_the_drain_deadline_ends_failed_not_lost(
+    store: Store, clock: FakeClock
+) -> None:
+    provider = ScriptedProvider("outbox")
+    provider.gate = asyncio.Event()  # sends hang until the drain gives up
+    async with running(store, provider, fast(workers=1, drain_timeout_seconds=0.05), clock) as d:
+        ids = [(await d.enqueue(MSG)).task_id for _ in range(3)]
+        await asyncio.sleep(0.01)
+    assert d.last_report is not None
+    assert not d.last_report.drained_in_time
+    assert sorted(d.last_report.unfinished) == sorted(ids)
+    for task_id in ids:
+        record = await store.get_task(task_id)
+        assert record is not None
+        assert record.status is TaskStatus.FAILED
+        assert record.last_error.startswith("shutdown")
+
+
+async def test_pending_retry_at_shutdown_ends_failed(store: Store, clock: FakeClock) -> None:
+    provider = ScriptedProvider("outbox", [transient()])
+    config = fast(backoff_base_seconds=30, backoff_max_seconds=30)
+    async with running(store, provider, config, clock) as d:
+        queued = await d.enqueue(MSG)
+        await until(store, queued.task_id, lambda r: r.status is TaskStatus.RETRYING)
+    record = await store.get_task(queued.task_id)
+    assert record is not None and record.status is TaskStatus.FAILED
+    assert d.last_report is not None and d.last_report.unfinished == (queued.task_id,)
+
+
+async def test_enqueue_after_shutdown_is_refused(store: Store, clock: FakeClock) -> None:
+    async with running(store, ScriptedProvider("outbox"), fast(), clock) as d:
+        await d.shutdown()
+        assert not d.running
+        with pytest.raises(UnavailableError):
+            await d.enqueue(MSG)
+
+
+async def test_full_queue_refuses_new_work(store: Store, clock: FakeClock) -> None:
+    provider = ScriptedProvider("outbox")
+    provider.gate = asyncio.Event()
+    async with running(
+        store, provider, fast(workers=1, queue_size=2, drain_timeout_seconds=0.01), clock
+    ) as d:
+        await d.enqueue(MSG)
+        await asyncio.sleep(0.01)  # the worker holds the first one
+        await d.enqueue(MSG)
+        await d.enqueue(MSG)
+        with pytest.raises(UnavailableError, match="full"):
+            await d.enqueue(MSG)
+
+
+async def test_message_over_the_recipient_limit_ends_failed_rate_limited(
+    store: Store, clock: FakeClock
+) -> None:
+    limiter = SendLimiter(
+        EmailConfig(per_recipient_hour=2),
+        SmsConfig(),
+        store=store,
+        hasher=Hasher(b"k" * 32),
+    )
+    provider = ScriptedProvider("outbox")
+    async with running(store, provider, fast(), clock, limiter) as d:
+        ids = [(await d.enqueue(MSG)).task_id for _ in range(3)]
+        other = await d.enqueue(Message(Channel.EMAIL, "b@example.com", "t", "s"))
+        records = [await until(store, i, final) for i in [*ids, other.task_id]]
+    statuses = [r.status for r in records]
+    assert statuses.count(TaskStatus.SENT) == 3
+    [refused] = [r for r in records if r.status is TaskStatus.FAILED]
+    assert refused.last_error == "rate_limited: email_recipient_hour"
+    assert refused.attempts == 0
+    assert len(provider.sent) == 3
+
+
+async def test_worker_survives_an_internal_error(store: Store, clock: FakeClock) -> None:
+    class BrokenOnce:
+        calls = 0
+
+        async def admit(self, message: Message, member: str, now: float) -> None:
+            BrokenOnce.calls += 1
+            if BrokenOnce.calls == 1:
+                raise RuntimeError("store exploded")
+
+    provider = ScriptedProvider("outbox")
+    async with running(store, provider, fast(workers=1), clock, BrokenOnce()) as d:  # type: ignore[arg-type]
+        first = await d.enqueue(MSG)
+        second = await d.enqueue(MSG)
+        broken = await until(store, first.task_id, final)
+        fine = await until(store, second.task_id, final)
+    assert broken.status is TaskStatus.FAILED
+    assert broken.last_error == "internal error during delivery"
+    assert fine.status is TaskStatus.SENT
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
+    policy = RetryPolicy(max_attempts=10, base=2.0, cap=60.0, rng=random.Random(7))
+    for attempt, ceiling in [(1, 2.0), (2, 4.0), (3, 8.0), (4, 16.0), (6, 60.0), (9, 60.0)]:
+        delays = [policy.delay(attempt) for _ in range(200)]
+        assert min(delays) >= ceiling / 2
+        assert max(delays) <= ceiling
+        assert max(delays) - min(delays) > ceiling / 4  # jittered, not constant
+    assert policy.should_retry(9) and not policy.should_retry(10)
+
+
+async def test_dispatcher_cannot_be_started_twice(store: Store, clock: FakeClock) -> None:
+    async with running(store, ScriptedProvider("outbox"), fast(), clock) as d:
+        with pytest.raises(RuntimeError, match="already running"):
+            await d.__aenter__()
+
+
+async def test_shutdown_completes_when_a_library_swallows_the_cancellation(
+    store: Store, clock: FakeClock
+) -> None:
+    class Swallowing(ScriptedProvider):
+        async def _send(self, message: Message) -> SendResult:
+            with contextlib.suppress(asyncio.CancelledError):  # as redis-py can, mid-command
+                await asyncio.sleep(3600)
+            return await super()._send(message)
+
+    provider = Swallowing("outbox")
+    async with running(store, provider, fast(workers=2, drain_timeout_seconds=0.05), clock) as d:
+        ids = [(await d.enqueue(MSG)).task_id for _ in range(4)]
+        await asyncio.sleep(0.01)
+    assert d.last_report is not None and not d.last_report.drained_in_time
+    for task_id in ids:
+        record = await store.get_task(task_id)
+        assert record is not None and record.status.final
