@@ -1,0 +1,639 @@
+"""Email verification and password reset over HTTP, end to end through the dev outbox, on
+both stores: request -> link in the outbox -> check/confirm -> the token is spent."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import json
+import random
+import re
+import statistics
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import structlog
+from aiohttp.test_utils import TestClient
+
+from otpd.api import HttpServer
+from otpd.app import Otpd
+from otpd.clock import FakeClock, rfc3339
+from otpd.config import Config
+from otpd.services.tokens import HOSTED_VERIFY_PATH
+from tests.conftest import ConfigFactory, open_client, outbox_files
+
+Client = TestClient[Any, Any]
+Start = Callable[..., Awaitable[tuple[Otpd, Client]]]
+
+HOUR = 3600
+DAY = 86400
+EMAIL = "ada@example.com"
+TOKEN_IN_TEXT = re.compile(r"https?://\S+?[?&]token=([A-Za-z0-9._\-]+)")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+@pytest.fixture
+async def start(make_config: ConfigFactory, backend: str, clock: FakeClock) -> AsyncIterator[Start]:
+    """Open a daemon with extra config sections on the parametrized store, plus a client."""
+    async with AsyncExitStack() as stack:
+
+        async def factory(**sections: dict[str, Any]) -> tuple[Otpd, Client]:
+            daemon = await stack.enter_async_context(
+                Otpd(make_config(backend, **sections), clock=clock)
+            )
+            client = await open_client(daemon)
+            stack.push_async_callback(client.close)
+            return daemon, client
+
+        yield factory
+
+
+async def wait_task(client: Client, task_id: str) -> dict[str, Any]:
+    """Poll the task until it is final (bounded)."""
+    body: dict[str, Any] = {}
+    for _ in range(500):
+        resp = await client.get(f"/v1/tasks/{task_id}")
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+        if body["status"] in ("sent", "failed"):
+            return body
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"task {task_id} never finished: {body}")
+
+
+def parse_eml(path: Path) -> EmailMessage:
+    msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def body_of(msg: EmailMessage, subtype: str) -> str:
+    part = msg.get_body(preferencelist=(subtype,))
+    assert part is not None, f"no text/{subtype} part"
+    content: str = part.get_content()
+    return content
+
+
+def newest_mail(config: Config, tag: str) -> EmailMessage:
+    files = [p for p in outbox_files(config, ".eml") if f"-{tag}-" in p.name]
+    assert files, f"no {tag} email in the outbox"
+    return parse_eml(max(files, key=lambda p: p.name))
+
+
+def link_in(msg: EmailMessage) -> str:
+    """The one link carrying a token, which the text and HTML parts must agree on."""
+    text_links = {m.group(0) for m in TOKEN_IN_TEXT.finditer(body_of(msg, "plain"))}
+    assert len(text_links) == 1, text_links
+    (link,) = text_links
+    assert f'href="{link}"' in body_of(msg, "html")
+    return link
+
+
+def token_of(link: str) -> str:
+    (token,) = parse_qs(urlsplit(link).query)["token"]
+    return token
+
+
+async def post(client: Client, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    resp = await client.post(path, json=body)
+    return resp.status, await resp.json()
+
+
+async def request_link(
+    client: Client, kind: str, user_id: str = "u1", email_: str = EMAIL, **extra: Any
+) -> dict[str, Any]:
+    """POST a verification (kind "email-verifications") or reset ("password-resets")."""
+    status, body = await post(client, f"/v1/{kind}", {"user_id": user_id, "email": email_, **extra})
+    assert status == 202, body
+    assert set(body) == {"task_id", "expires_at"}
+    return dict(body)
+
+
+async def mailed_token(client: Client, daemon: Otpd, issued: dict[str, Any], tag: str) -> str:
+    task = await wait_task(client, issued["task_id"])
+    assert task["status"] == "sent", task
+    return token_of(link_in(newest_mail(daemon.config, tag)))
+
+
+def assert_invalid_token(status: int, body: Any) -> None:
+    assert status == 400, body
+    assert body["error"]["code"] == "invalid_token"
+    assert set(body["error"]) == {"code", "message", "details"}
+
+
+# ---------------------------------------------------------------- email verification
+
+
+async def test_verification_link_from_the_outbox_confirms_once(
+    start: Start, clock: FakeClock
+) -> None:
+    daemon, client = await start()
+    issued = await request_link(client, "email-verifications", name="Ada", locale="en")
+    assert issued["expires_at"] == rfc3339(clock.time() + 86400)
+    token = await mailed_token(client, daemon, issued, "email_verification")
+    msg = newest_mail(daemon.config, "email_verification")
+    assert msg["To"] == EMAIL
+    assert "Confirm your email address" in str(msg["Subject"])
+    assert link_in(msg).startswith("http://127.0.0.1:8080/verify-email?token=")
+    assert len(token) >= 43
+
+    first = await post(client, "/v1/email-verifications/confirm", {"token": token})
+    assert first == (200, {"user_id": "u1", "email": EMAIL})
+    assert_invalid_token(*await post(client, "/v1/email-verifications/confirm", {"token": token}))
+
+
+async def test_verification_link_uses_configured_base_url_and_path(start: Start) -> None:
+    daemon, client = await start(
+        links={"base_url": "https://accounts.example.com/", "verify_email_path": "/e/confirm"}
+    )
+    issued = await request_link(client, "email-verifications")
+    await mailed_token(client, daemon, issued, "email_verification")
+    link = link_in(newest_mail(daemon.config, "email_verification"))
+    assert link.startswith("https://accounts.example.com/e/confirm?token=")
+
+
+async def test_hosted_mode_mails_a_link_to_the_hosted_page(start: Start) -> None:
+    daemon, client = await start(
+        links={
+            "base_url": "https://otpd.example.com",
+            "hosted": True,
+            "success_url": "https://app.example.com/welcome",
+            "failure_url": "https://app.example.com/link-expired",
+        }
+    )
+    issued = await request_link(client, "email-verifications")
+    await mailed_token(client, daemon, issued, "email_verification")
+    link = link_in(newest_mail(daemon.config, "email_verification"))
+    assert link.startswith(f"https://otpd.example.com{HOSTED_VERIFY_PATH}?token=")
+
+
+async def test_verification_token_expires_after_24_hours(start: Start, clock: FakeClock) -> None:
+    daemon, client = await start()
+    token = await mailed_token(
+        client,
+        daemon,
+        await request_link(client, "email-verifications"),
+        "email_verification",
+    )
+    clock.advance(DAY - 1)
+    still = await mailed_token(
+        client,
+        daemon,
+        await request_link(client, "email-verifications", "u2"),
+        "email_verification",
+    )
+    clock.advance(1)
+    assert_invalid_token(*await post(client, "/v1/email-verifications/confirm", {"token": token}))
+    # u2's token, issued a day minus one second later, is still live
+    status, _ = await post(client, "/v1/email-verifications/confirm", {"token": still})
+    assert status == 200
+
+
+async def test_new_verification_request_supersedes_the_previous_link(start: Start) -> None:
+    daemon, client = await start()
+    old = await mailed_token(
+        client, daemon, await request_link(client, "email-verifications"), "email_verification"
+    )
+    new = await mailed_token(
+        client, daemon, await request_link(client, "email-verifications"), "email_verification"
+    )
+    assert old != new
+    assert_invalid_token(*await post(client, "/v1/email-verifications/confirm", {"token": old}))
+    status, body = await post(client, "/v1/email-verifications/confirm", {"token": new})
+    assert (status, body["user_id"]) == (200, "u1")
+
+
+async def test_verification_allows_5_per_user_per_day_then_429(
+    start: Start, clock: FakeClock
+) -> None:
+    _, client = await start()
+    for _ in range(5):
+        await request_link(client, "email-verifications")
+        clock.advance(60)
+    resp = await client.post("/v1/email-verifications", json={"user_id": "u1", "email": EMAIL})
+    body = await resp.json()
+    assert resp.status == 429, body
+    assert body["error"]["code"] == "rate_limited"
+    assert body["error"]["details"]["scope"] == "user_day"
+    retry_after = int(resp.headers["Retry-After"])
+    assert DAY - 5 * 60 <= retry_after <= DAY
+    # another user is not affected; the same user may ask again once the first hit ages out
+    await request_link(client, "email-verifications", "u2")
+    clock.advance(DAY - 5 * 60 + 1)
+    await request_link(client, "email-verifications")
+
+
+async def test_verification_per_ip_limit_is_configurable_and_answers_429(start: Start) -> None:
+    _, client = await start(tokens={"verification_per_ip_hour": 2})
+    ip = {"client_ip": "203.0.113.7"}
+    await request_link(client, "email-verifications", "u1", **ip)
+    await request_link(client, "email-verifications", "u2", **ip)
+    status, body = await post(
+        client, "/v1/email-verifications", {"user_id": "u3", "email": EMAIL, **ip}
+    )
+    assert status == 429
+    assert body["error"]["details"]["scope"] == "ip_hour"
+    await request_link(client, "email-verifications", "u3", client_ip="203.0.113.8")
+
+
+async def test_refused_verification_request_keeps_the_live_token(
+    start: Start, clock: FakeClock
+) -> None:
+    daemon, client = await start(tokens={"verification_per_user_day": 1})
+    token = await mailed_token(
+        client, daemon, await request_link(client, "email-verifications"), "email_verification"
+    )
+    status, _ = await post(client, "/v1/email-verifications", {"user_id": "u1", "email": EMAIL})
+    assert status == 429
+    status, _ = await post(client, "/v1/email-verifications/confirm", {"token": token})
+    assert status == 200
+
+
+# ---------------------------------------------------------------- password reset
+
+
+async def test_reset_link_checks_without_consuming_then_confirms_once(
+    start: Start, clock: FakeClock
+) -> None:
+    daemon, client = await start(links={"reset_password_path": "/account/new-password"})
+    issued = await request_link(
+        client, "password-resets", client_ip="198.51.100.4", user_agent="Firefox/140"
+    )
+    expires_at = rfc3339(clock.time() + HOUR)
+    assert issued["expires_at"] == expires_at
+    token = await mailed_token(client, daemon, issued, "password_reset")
+    msg = newest_mail(daemon.config, "password_reset")
+    assert link_in(msg).startswith("http://127.0.0.1:8080/account/new-password?token=")
+    assert "198.51.100.4" in body_of(msg, "plain")
+
+    for _ in range(3):
+        status, body = await post(client, "/v1/password-resets/check", {"token": token})
+        assert (status, body) == (200, {"user_id": "u1", "email": EMAIL, "expires_at": expires_at})
+    confirmed = await post(client, "/v1/password-resets/confirm", {"token": token})
+    assert confirmed == (200, {"user_id": "u1", "email": EMAIL})
+    assert_invalid_token(*await post(client, "/v1/password-resets/confirm", {"token": token}))
+    assert_invalid_token(*await post(client, "/v1/password-resets/check", {"token": token}))
+
+
+async def test_reset_token_expires_after_one_hour(start: Start, clock: FakeClock) -> None:
+    daemon, client = await start()
+    token = await mailed_token(
+        client, daemon, await request_link(client, "password-resets"), "password_reset"
+    )
+    clock.advance(HOUR - 1)
+    assert (await post(client, "/v1/password-resets/check", {"token": token}))[0] == 200
+    clock.advance(1)
+    assert_invalid_token(*await post(client, "/v1/password-resets/check", {"token": token}))
+    assert_invalid_token(*await post(client, "/v1/password-resets/confirm", {"token": token}))
+
+
+async def test_new_reset_request_supersedes_the_previous_link(start: Start) -> None:
+    daemon, client = await start()
+    old = await mailed_token(
+        client, daemon, await request_link(client, "password-resets"), "password_reset"
+    )
+    new = await mailed_token(
+        client, daemon, await request_link(client, "password-resets"), "password_reset"
+    )
+    assert_invalid_token(*await post(client, "/v1/password-resets/check", {"token": old}))
+    assert_invalid_token(*await post(client, "/v1/password-resets/confirm", {"token": old}))
+    assert (await post(client, "/v1/password-resets/confirm", {"token": new}))[0] == 200
+
+
+async def test_reset_allows_3_per_email_per_hour_then_drops_silently(
+    start: Start, clock: FakeClock
+) -> None:
+    daemon, client = await start()
+    tasks = []
+    for i in range(4):
+        # different user ids: the limit is on the address
+        tasks.append(await request_link(client, "password-resets", f"u{i}"))
+        clock.advance(60)
+    results = [await wait_task(client, t["task_id"]) for t in tasks]
+    assert [r["status"] for r in results] == ["sent", "sent", "sent", "failed"]
+    assert results[3]["last_error"] == "rate_limited: email_hour"
+    assert results[3]["attempts"] == 0
+    assert len(outbox_files(daemon.config, ".eml")) == 3
+    # the dropped request answered exactly like the others
+    assert tasks[3]["expires_at"] == rfc3339(clock.time() - 60 + HOUR)
+    clock.advance(HOUR - 4 * 60 + 1)
+    again = await request_link(client, "password-resets", "u9")
+    assert (await wait_task(client, again["task_id"]))["status"] == "sent"
+
+
+async def test_reset_per_ip_limit_drops_silently_at_its_boundary(start: Start) -> None:
+    _, client = await start(tokens={"reset_per_ip_hour": 3})
+    ip = "192.0.2.1"
+    tasks = [
+        await request_link(client, "password-resets", f"u{i}", f"p{i}@example.com", client_ip=ip)
+        for i in range(4)
+    ]
+    results = [await wait_task(client, t["task_id"]) for t in tasks]
+    assert [r["status"] for r in results] == ["sent", "sent", "sent", "failed"]
+    assert results[3]["last_error"] == "rate_limited: ip_hour"
+    other = await request_link(client, "password-resets", "u9", client_ip="192.0.2.2")
+    assert (await wait_task(client, other["task_id"]))["status"] == "sent"
+
+
+async def test_silently_dropped_reset_keeps_the_previous_token_live(start: Start) -> None:
+    daemon, client = await start(tokens={"reset_per_email_hour": 1})
+    token = await mailed_token(
+        client, daemon, await request_link(client, "password-resets"), "password_reset"
+    )
+    dropped = await request_link(client, "password-resets")
+    assert (await wait_task(client, dropped["task_id"]))["status"] == "failed"
+    assert (await post(client, "/v1/password-resets/confirm", {"token": token}))[0] == 200
+
+
+# A separate process plays the remote caller: a client inside the daemon's own event loop
+# would also time the background delivery that runs after the response has left.
+TIMING_CLIENT = r"""
+import http.client, json, sys, time
+port, requests = json.load(sys.stdin)
+conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+out = []
+for body in requests:
+    time.sleep(0.008)  # let the daemon go idle: each request meets a quiet loop
+    data = json.dumps(body).encode()
+    started = time.perf_counter()
+    conn.request("POST", "/v1/password-resets", data, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    payload = resp.read()
+    elapsed = time.perf_counter() - started
+    out.append([elapsed, resp.status, resp.getheader("Content-Type"), json.loads(payload)])
+json.dump(out, sys.stdout)
+"""
+
+
+async def test_reset_answers_alike_in_status_shape_and_time_whether_sent_or_dropped(
+    make_config: ConfigFactory, backend: str, clock: FakeClock
+) -> None:
+    """Enumeration: over many requests, a silently dropped reset looks like a sent one."""
+    victim = "victim@example.com"
+    n = 150
+    kinds = ["sent"] * n + ["dropped"] * n
+    random.Random(5).shuffle(kinds)
+    # three sends use up the victim's hourly limit; later ones to it are dropped
+    warmup = [{"user_id": f"v{i}", "email": victim} for i in range(3)]
+    bodies = [
+        {
+            "user_id": f"user{i}",
+            "email": f"user{i}@example.com" if kind == "sent" else victim,
+            "name": "Ada Lovelace",
+        }
+        for i, kind in enumerate(kinds)
+    ]
+    config = make_config(backend, email={"global_hour": 5000})
+    task_ids: dict[str, list[str]] = {"sent": [], "dropped": []}
+    # Log lines are kept in memory: blocking writes to a slow terminal (pytest -s) would
+    # time the test's stdout, not otpd.
+    with structlog.testing.capture_logs() as logs:
+        async with Otpd(config, clock=clock) as daemon, HttpServer(daemon, port=0) as server:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                TIMING_CLIENT,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            stdout, _ = await proc.communicate(json.dumps([server.port, warmup + bodies]).encode())
+            assert proc.returncode == 0
+            results = json.loads(stdout)[len(warmup) :]
+            for kind, (_, status, content_type, body) in zip(kinds, results, strict=True):
+                assert (status, content_type) == (202, "application/json; charset=utf-8"), body
+                assert set(body) == {"task_id", "expires_at"}
+                task_ids[kind].append(body["task_id"])
+            for kind, expected in (("sent", "sent"), ("dropped", "failed")):
+                for task_id in task_ids[kind][:5]:
+                    for _ in range(500):
+                        task = await daemon.tasks.get(task_id)
+                        if task.status.final:
+                            break
+                        await asyncio.sleep(0.01)
+                    assert task.status.value == expected, task
+    assert sum(e["event"] == "audit.password_reset_rate_limited" for e in logs) == n
+
+    times = {
+        k: [r[0] * 1000 for r, kk in zip(results, kinds, strict=True) if kk == k]
+        for k in ("sent", "dropped")
+    }
+    med = {k: statistics.median(v) for k, v in times.items()}
+    p90 = {k: statistics.quantiles(v, n=10)[8] for k, v in times.items()}
+    # the numbers are the point of this test: see them with pytest -s
+    print(
+        f"\n[{backend}] reset timing over {n}+{n} requests: "
+        f"median sent {med['sent']:.3f} ms, dropped {med['dropped']:.3f} ms; "
+        f"p90 sent {p90['sent']:.3f} ms, dropped {p90['dropped']:.3f} ms"
+    )
+    assert abs(med["sent"] - med["dropped"]) < 1.0, (med, p90)
+    assert abs(p90["sent"] - p90["dropped"]) < 2.5, (med, p90)
+
+
+# ---------------------------------------------------------------- tokens: one answer
+
+
+async def test_every_dead_token_gets_the_same_invalid_token_answer(
+    start: Start, clock: FakeClock
+) -> None:
+    daemon, client = await start()
+
+    async def verification(user_id: str) -> str:
+        issued = await request_link(client, "email-verifications", user_id)
+        return await mailed_token(client, daemon, issued, "email_verification")
+
+    used = await verification("used")
+    assert (await post(client, "/v1/email-verifications/confirm", {"token": used}))[0] == 200
+    superseded = await verification("sup")
+    await verification("sup")
+    expired = await verification("exp")
+    live = await verification("live")
+    forged = live.split(".")[0] + "." + "A" * 43
+    clock.advance(DAY)  # expires "exp" and "live" alike
+    answers = []
+    for token in (
+        used,
+        superseded,
+        expired,
+        forged,
+        "A" * 68,
+        "",
+        "not a token",
+        live + "x",
+        "\u00e9" * 68,
+    ):
+        status, body = await post(client, "/v1/email-verifications/confirm", {"token": token})
+        assert_invalid_token(status, body)
+        answers.append(body)
+    assert all(a == answers[0] for a in answers)
+
+
+async def test_a_verification_token_does_not_work_as_a_reset_token(start: Start) -> None:
+    daemon, client = await start()
+    token = await mailed_token(
+        client, daemon, await request_link(client, "email-verifications"), "email_verification"
+    )
+    assert_invalid_token(*await post(client, "/v1/password-resets/check", {"token": token}))
+    assert_invalid_token(*await post(client, "/v1/password-resets/confirm", {"token": token}))
+    assert (await post(client, "/v1/email-verifications/confirm", {"token": token}))[0] == 200
+
+
+async def test_concurrent_confirms_of_one_token_succeed_exactly_once(start: Start) -> None:
+    daemon, client = await start()
+    token = await mailed_token(
+        client, daemon, await request_link(client, "password-resets"), "password_reset"
+    )
+    results = await asyncio.gather(
+        *(post(client, "/v1/password-resets/confirm", {"token": token}) for _ in range(25))
+    )
+    assert sorted(status for status, _ in results) == [200] + [400] * 24
+
+
+async def test_request_bodies_are_validated_with_422(start: Start) -> None:
+    _, client = await start()
+    cases: list[tuple[str, dict[str, Any], str]] = [
+        ("/v1/email-verifications", {"user_id": "u1"}, "email"),
+        ("/v1/email-verifications", {"user_id": "u1", "email": "nope"}, "email"),
+        ("/v1/password-resets", {"user_id": "u 1", "email": EMAIL}, "user_id"),
+        ("/v1/password-resets", {"user_id": "u1", "email": EMAIL, "locale": "x!"}, "locale"),
+        ("/v1/password-resets", {"user_id": "u1", "email": EMAIL, "name": "a\x00b"}, "name"),
+        ("/v1/email-verifications/confirm", {"token": 5}, "token"),
+        ("/v1/password-resets/check", {}, "token"),
+        ("/v1/email-verifications/reminders", {"users": {}}, "users"),
+    ]
+    for path, body, field in cases:
+        status, data = await post(client, path, body)
+        assert status == 422, (path, body, data)
+        assert data["error"]["code"] == "validation_error"
+        assert field in data["error"]["details"]["fields"], data
+
+
+# ---------------------------------------------------------------- reminders
+
+
+async def test_reminders_queue_fresh_links_and_skip_with_reasons(
+    start: Start, clock: FakeClock
+) -> None:
+    daemon, client = await start(tokens={"verification_per_user_day": 2})
+    old = await mailed_token(
+        client, daemon, await request_link(client, "email-verifications", "a"), "email_verification"
+    )
+    await request_link(client, "email-verifications", "limited")
+    await request_link(client, "email-verifications", "limited")
+    users = [
+        {"user_id": "a", "email": "a@example.com", "name": "Ann"},
+        {"user_id": "b", "email": "b@example.com"},
+        {"user_id": "a", "email": "a2@example.com"},
+        {"user_id": "c", "email": "not-an-address"},
+        {"user_id": "limited", "email": "l@example.com"},
+    ]
+    status, body = await post(client, "/v1/email-verifications/reminders", {"users": users})
+    assert status == 202, body
+    assert body == {
+        "queued": 2,
+        "skipped": [
+            {"user_id": "a", "reason": "duplicate"},
+            {"user_id": "c", "reason": "invalid_email"},
+            {"user_id": "limited", "reason": "rate_limited"},
+        ],
+    }
+    for _ in range(500):
+        reminders = [
+            p for p in outbox_files(daemon.config, ".eml") if "-verification_rem" in p.name
+        ]
+        if len(reminders) == 2:
+            break
+        await asyncio.sleep(0.01)
+    mails = {str(m["To"]): m for m in (parse_eml(p) for p in reminders)}
+    assert set(mails) == {"a@example.com", "b@example.com"}
+    assert "Reminder" in str(mails["a@example.com"]["Subject"])
+    assert "Hi Ann," in body_of(mails["a@example.com"], "plain")
+    fresh = token_of(link_in(mails["a@example.com"]))
+    # the reminder's fresh token replaced the earlier link
+    assert_invalid_token(*await post(client, "/v1/email-verifications/confirm", {"token": old}))
+    status, data = await post(client, "/v1/email-verifications/confirm", {"token": fresh})
+    assert (status, data) == (200, {"user_id": "a", "email": "a@example.com"})
+
+
+async def test_reminders_accept_1000_users_and_refuse_1001(start: Start) -> None:
+    daemon, client = await start(email={"global_hour": 5000}, dispatch={"queue_size": 5000})
+    users = [{"user_id": f"u{i}", "email": f"u{i}@example.com"} for i in range(1001)]
+    status, body = await post(client, "/v1/email-verifications/reminders", {"users": users})
+    assert status == 422
+    assert "users" in body["error"]["details"]["fields"]
+    status, body = await post(client, "/v1/email-verifications/reminders", {"users": users[:1000]})
+    assert (status, body) == (202, {"queued": 1000, "skipped": []})
+    # Let the deliveries finish rather than leave 1000 messages to the shutdown drain.
+    sent = 'otpd_tasks_total{channel="email",status="sent"} 1000.0'
+    for _ in range(3000):
+        if sent in daemon.metrics.render().decode():
+            break
+        await asyncio.sleep(0.01)
+    assert sent in daemon.metrics.render().decode()
+
+
+# ---------------------------------------------------------------- secrecy
+
+
+async def test_token_never_appears_in_logs_metrics_or_task_records(start: Start) -> None:
+    daemon, client = await start()
+    with structlog.testing.capture_logs() as logs:
+        verify = await request_link(client, "email-verifications")
+        reset = await request_link(client, "password-resets")
+        tokens = [
+            await mailed_token(client, daemon, verify, "email_verification"),
+            await mailed_token(client, daemon, reset, "password_reset"),
+        ]
+        await post(client, "/v1/password-resets/check", {"token": tokens[1]})
+        await post(client, "/v1/password-resets/confirm", {"token": tokens[1]})
+        await post(client, "/v1/password-resets/confirm", {"token": tokens[1]})
+        await post(client, "/v1/email-verifications/confirm", {"token": tokens[0]})
+        task_bodies = [
+            await (await client.get(f"/v1/tasks/{t['task_id']}")).text() for t in (verify, reset)
+        ]
+        metrics = await (await client.get("/metrics")).text()
+    assert any(e["event"] == "audit.password_reset_token_confirmed" for e in logs)
+    assert any(e["event"] == "audit.password_reset_token_rejected" for e in logs)
+    haystacks = [repr(logs), metrics, *task_bodies]
+    for token in tokens:
+        for part in (token, token.split(".")[1]):
+            assert not any(part in h for h in haystacks)
+    assert 'otpd_link_tokens_issued_total{purpose="password_reset"} 1.0' in metrics
+
+
+async def test_store_holds_only_a_keyed_hash_of_the_token(start: Start, backend: str) -> None:
+    daemon, client = await start()
+    token = await mailed_token(
+        client, daemon, await request_link(client, "password-resets"), "password_reset"
+    )
+    secret = token.split(".")[1]
+    prefix = daemon.config.store.key_prefix
+    if backend == "redis":
+        from otpd.store.redis import RedisStore
+
+        assert isinstance(daemon.store, RedisStore)
+        redis = daemon.store.redis
+        dump: list[str] = []
+        async for key in redis.scan_iter(match=f"{prefix}*"):
+            kind = await redis.type(key)
+            if kind == "hash":
+                dump.append(repr(await redis.hgetall(key)))
+            elif kind == "zset":
+                dump.append(repr(await redis.zrange(key, 0, -1)))
+            else:
+                dump.append(repr(await redis.get(key)) if kind == "string" else str(kind))
+            dump.append(str(key))
+        stored = "\n".join(dump)
+    else:
+        stored = repr(daemon.store._data)  # type: ignore[attr-defined]
+    assert "token_hash" in stored
+    assert secret not in stored
+    assert token not in stored
