@@ -46,6 +46,7 @@ __all__ = [
     "TokensConfig",
     "TwilioConfig",
     "VonageConfig",
+    "is_loopback",
     "load_config",
     "masked_config",
 ]
@@ -287,6 +288,14 @@ class SmtpConfig:
         _need(bool(self.password) <= bool(self.username), "smtp.password", "needs smtp.username")
 
 
+def _credential_pair(section: str, key_id: str, secret: str) -> None:
+    _need(
+        bool(key_id) == bool(secret),
+        f"{section}.{'secret_access_key' if key_id else 'access_key_id'}",
+        "set both access_key_id and secret_access_key, or neither (the AWS chain)",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SesConfig:
     region: str = "us-east-1"
@@ -294,6 +303,9 @@ class SesConfig:
     configuration_set: str = ""
     access_key_id: str = _secret()
     secret_access_key: str = _secret()
+
+    def __post_init__(self) -> None:
+        _credential_pair("ses", self.access_key_id, self.secret_access_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +337,7 @@ class SnsConfig:
     secret_access_key: str = _secret()
 
     def __post_init__(self) -> None:
+        _credential_pair("sns", self.access_key_id, self.secret_access_key)
         _need(
             not self.sender_id or re.fullmatch(r"[A-Za-z0-9]{1,11}", self.sender_id) is not None,
             "sns.sender_id",
@@ -378,6 +391,13 @@ class LinksConfig:
         )
         for key in ("verify_email_path", "reset_password_path"):
             _need(getattr(self, key).startswith("/"), f"links.{key}", "must start with /")
+        for key in ("success_url", "failure_url"):
+            value = getattr(self, key)
+            _need(
+                value.startswith(("http://", "https://")) or not (value or self.hosted),
+                f"links.{key}",
+                "must be an http:// or https:// URL (required when links.hosted is true)",
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,6 +473,9 @@ class Config:
             "links.base_url",
             "must be https:// in production",
         )
+        for key in ("success_url", "failure_url"):
+            url = getattr(self.links, key)
+            _need(not url or url.startswith("https://"), f"links.{key}", "https:// in production")
         _need("outbox" not in self.email.providers, "email.providers", "no outbox in production")
         _need("console" not in self.sms.providers, "sms.providers", "no console in production")
 
@@ -564,6 +587,9 @@ def load_config(
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
     if data is not None:
+        for name, value in data.items():
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{name}: must be a table", details={"key": name})
         raw = {k: dict(v) for k, v in data.items()}
     else:
         explicit = path is not None or "OTPD_CONFIG" in env

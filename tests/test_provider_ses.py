@@ -335,7 +335,9 @@ async def test_health_reports_region_and_endpoint(moto: Moto) -> None:
 
 def test_half_set_static_credentials_are_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"ses\.secret_access_key"):
-        SesProvider(SesConfig(access_key_id="AKIAEXAMPLE"), SENDER)
+        load_config(data={"ses": {"access_key_id": "AKIAEXAMPLE"}}, env={})
+    with pytest.raises(ConfigError, match=r"ses\.access_key_id"):
+        load_config(data={"ses": {"secret_access_key": "s3cr3t"}}, env={})
 
 
 def test_registry_builds_ses_from_config() -> None:

@@ -246,8 +246,10 @@ async def test_health_reports_region_and_endpoint(moto: Moto) -> None:
 
 
 def test_half_set_static_credentials_are_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"sns\.secret_access_key"):
+        load_config(data={"sns": {"access_key_id": "AKIAEXAMPLE"}}, env={})
     with pytest.raises(ConfigError, match=r"sns\.access_key_id"):
-        SnsProvider(SnsConfig(secret_access_key="secret"))
+        load_config(data={"sns": {"secret_access_key": "s3cr3t"}}, env={})
 
 
 def test_registry_builds_sns_from_config() -> None:

@@ -23,7 +23,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from otpd.errors import ConfigError, DeliveryError, TransientDeliveryError
+from otpd.errors import DeliveryError, TransientDeliveryError
 from otpd.providers.base import Provider
 from otpd.providers.dns import AsyncioResolver
 
@@ -132,13 +132,7 @@ class AwsProvider(Provider):
         self, *, region: str, endpoint_url: str, access_key_id: str, secret_access_key: str
     ) -> None:
         super().__init__()
-        if bool(access_key_id) != bool(secret_access_key):
-            missing = "secret_access_key" if access_key_id else "access_key_id"
-            raise ConfigError(
-                f"{self.config_section}.{missing}: set both access_key_id and "
-                "secret_access_key, or neither to use the default AWS credential chain",
-                details={"key": f"{self.config_section}.{missing}"},
-            )
+        # config validation guarantees both credentials or neither
         self.region = region
         self.endpoint_url = endpoint_url
         self._access_key_id = access_key_id
