@@ -22,6 +22,9 @@ __all__ = ["BUILTIN_TEMPLATES", "RenderedEmail", "TemplateRenderer"]
 
 BUILTIN_TEMPLATES = Path(__file__).parent / "templates"
 
+# Names the renderer or Jinja itself provide: a caller's context may not shadow them.
+_RESERVED = frozenset({"self", "locale", "product", "loop", "super", "caller", "varargs", "kwargs"})
+
 
 @dataclass(frozen=True, slots=True)
 class RenderedEmail:
@@ -59,6 +62,7 @@ class TemplateRenderer:
     def _select(self, name: str, kind: str, locale: str | None) -> jinja2.Template:
         candidates = [f"{name}.{kind}.j2"]
         if locale:
+            locale = locale.replace("_", "-")
             lang = locale.split("-")[0]
             candidates[:0] = [f"{locale}/{name}.{kind}.j2", f"{lang}/{name}.{kind}.j2"]
         try:
@@ -69,9 +73,12 @@ class TemplateRenderer:
     async def _render(
         self, name: str, kind: str, context: dict[str, Any], locale: str | None
     ) -> str:
+        bad = sorted(k for k in context if not k.isidentifier() or k in _RESERVED)
+        if bad:
+            raise ValidationError.field("context", f"{bad[0]!r} is reserved or not a name")
         template = self._select(name, kind, locale)
         try:
-            return await template.render_async(**context, locale=locale or "en")
+            return await template.render_async({**context, "locale": locale or "en"})
         except jinja2.UndefinedError as exc:
             raise ValidationError.field(
                 "context", f"template {name!r} needs {exc.message}"
@@ -84,6 +91,12 @@ class TemplateRenderer:
         text = await self._render(name, "txt", context, locale)
         html = await self._render(name, "html", context, locale)
         return RenderedEmail(" ".join(subject.split()), text, html)
+
+    async def render_page(
+        self, name: str, context: dict[str, Any], locale: str | None = None
+    ) -> str:
+        """A web page otpd serves itself (``NAME.html.j2``), such as the hosted link page."""
+        return await self._render(name, "html", context, locale)
 
     async def render_sms(
         self, name: str, context: dict[str, Any], locale: str | None = None

@@ -16,11 +16,14 @@ from aiohttp.typedefs import Middleware
 from otpd.config import ApiKey
 from otpd.errors import OtpdError, RateLimitedError, UnauthorizedError
 
-__all__ = ["auth_middleware", "error_middleware", "error_response"]
+__all__ = ["CLIENT", "auth_middleware", "error_middleware", "error_response"]
 
 log = structlog.get_logger("otpd.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CLIENT = web.RequestKey("client", str)
+"""The name of the API key that authenticated the request."""
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -92,7 +95,7 @@ def auth_middleware(keys: Sequence[ApiKey]) -> Middleware:
                 client = name
         if client is None:
             raise UnauthorizedError("invalid API key")
-        request["client"] = client
+        request[CLIENT] = client
         structlog.contextvars.bind_contextvars(client=client)
         try:
             return await handler(request)

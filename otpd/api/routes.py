@@ -6,8 +6,11 @@ import dataclasses
 from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
-from otpd.api.schemas import IssueOtpBody, VerifyOtpBody, parse_body
+from otpd.api.middleware import CLIENT
+from otpd.api.schemas import IssueOtpBody, SendMessageBody, VerifyOtpBody, parse_body
 from otpd.app import Otpd
 from otpd.clock import rfc3339
 from otpd.errors import ValidationError
@@ -27,6 +30,11 @@ async def read_body(request: web.Request, cls: type[T]) -> T:
         limit = request.app[OTPD].config.server.max_body_bytes
         raise ValidationError(
             f"the body exceeds {limit} bytes", details={"body": f"larger than {limit} bytes"}
+        ) from None
+    except (RequestPayloadError, HttpProcessingError):
+        # e.g. a Content-Encoding that does not decode
+        raise ValidationError(
+            "the body could not be read", details={"body": "undecodable payload"}
         ) from None
     return parse_body(cls, raw)
 
@@ -60,6 +68,18 @@ async def verify_otp(request: web.Request) -> web.Response:
     return _json(
         {"verified": False, "reason": str(result.reason), "attempts_left": result.attempts_left}
     )
+
+
+@routes.post("/v1/messages")
+async def send_message(request: web.Request) -> web.Response:
+    body = await read_body(request, SendMessageBody)
+    accepted = await request.app[OTPD].messages.send(
+        **dataclasses.asdict(body), client=request.get(CLIENT, "default")
+    )
+    response = _json({"task_id": accepted.task_id}, status=202)
+    if accepted.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
 
 
 @routes.get("/v1/tasks/{task_id}")

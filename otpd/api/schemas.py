@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from otpd.errors import ValidationError
 
-__all__ = ["IssueOtpBody", "VerifyOtpBody", "parse_body"]
+__all__ = ["IssueOtpBody", "SendMessageBody", "VerifyOtpBody", "parse_body"]
 
 T = TypeVar("T")
 
@@ -95,15 +95,40 @@ def _build(cls: type[T], data: dict[str, Any]) -> T:
 def parse_body(cls: type[T], raw: bytes) -> T:
     """Parse a JSON object body into ``cls`` or raise a 422 with per-field details."""
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "body is not UTF-8"
-        raise ValidationError("malformed JSON", details={"body": msg}) from None
+        # decoded here, strictly: json.loads would sniff and accept UTF-16 and UTF-32
+        text = raw.decode("utf-8")
+        data = json.loads(text)
+    except UnicodeDecodeError:
+        raise ValidationError("malformed JSON", details={"body": "body is not UTF-8"}) from None
+    except json.JSONDecodeError as exc:
+        raise ValidationError("malformed JSON", details={"body": exc.msg}) from None
     except RecursionError:
         raise ValidationError("malformed JSON", details={"body": "nested too deeply"}) from None
+    except ValueError as exc:  # e.g. an integer literal beyond int's digit limit
+        raise ValidationError("malformed JSON", details={"body": str(exc)[:120]}) from None
     if not isinstance(data, dict):
         raise ValidationError("the body must be a JSON object", details={"body": "not an object"})
+    if not _encodable(data):
+        raise ValidationError(
+            "the body has text that is not valid Unicode",
+            details={"body": "lone surrogate escapes (\\ud800-\\udfff) are not allowed"},
+        )
     return _build(cls, data)
+
+
+def _encodable(value: Any, depth: int = 0) -> bool:
+    """Whether every string in ``value`` (keys included) encodes as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_encodable(k, depth) and _encodable(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_encodable(v, depth + 1) for v in value)
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,3 +150,16 @@ class VerifyOtpBody:
     purpose: str = field(default="login", metadata=_max(32))
     client_ip: str | None = field(default=None, metadata=_max(64))
     user_agent: str | None = field(default=None, metadata=_max(512))
+
+
+@dataclass(frozen=True, slots=True)
+class SendMessageBody:
+    channel: str = field(metadata=_max(16))
+    to: str = field(metadata=_max(254))
+    template: str | None = field(default=None, metadata=_max(64))
+    context: dict[str, Any] | None = None
+    locale: str | None = field(default=None, metadata=_max(16))
+    subject: str | None = field(default=None, metadata=_max(998))
+    text: str | None = field(default=None, metadata=_max(100_000))
+    html: str | None = field(default=None, metadata=_max(100_000))
+    idempotency_key: str | None = field(default=None, metadata=_max(255))

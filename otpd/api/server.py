@@ -8,6 +8,7 @@ from typing import Self
 import structlog
 from aiohttp import web
 
+from otpd.api.links import link_routes
 from otpd.api.middleware import auth_middleware, error_middleware
 from otpd.api.routes import OTPD, routes
 from otpd.app import Otpd
@@ -26,6 +27,7 @@ def create_app(otpd: Otpd) -> web.Application:
     )
     app[OTPD] = otpd
     app.add_routes(routes)
+    app.add_routes(link_routes)
     return app
 
 
