@@ -19,14 +19,17 @@ import structlog
 from otpd.clock import Clock, SystemClock
 from otpd.config import Config
 from otpd.crypto import Hasher
-from otpd.dispatch import Dispatcher
+from otpd.dispatch import Dispatcher, SendLimiter
 from otpd.metrics import Metrics
 from otpd.models import Channel, ProviderHealth
 from otpd.providers.chain import ProviderChain
 from otpd.providers.http import SharedSession
 from otpd.providers.registry import ProviderDeps, build_providers
+from otpd.services.messages import MessageService
 from otpd.services.otp import OtpService
+from otpd.services.sms_guard import SmsGuard
 from otpd.services.tasks import TaskService
+from otpd.services.tokens import TokenService
 from otpd.store import Store
 from otpd.store.memory import MemoryStore
 from otpd.templating import TemplateRenderer
@@ -47,6 +50,10 @@ class Otpd:
 
     otp: OtpService
     tasks: TaskService
+    sms_guard: SmsGuard
+    messages: MessageService
+    links: TokenService
+    limiter: SendLimiter
     dispatcher: Dispatcher
     store: Store
     chains: dict[Channel, ProviderChain]
@@ -66,6 +73,9 @@ class Otpd:
         async with AsyncExitStack() as stack:
             self.hasher = Hasher(self._secret())
             self.store = await stack.enter_async_context(self._make_store())
+            self.limiter = SendLimiter(
+                self.config.email, self.config.sms, store=self.store, hasher=self.hasher
+            )
             http = await stack.enter_async_context(SharedSession())
             deps = ProviderDeps(http=http, clock=self.clock)
             self.chains = {}
@@ -86,6 +96,7 @@ class Otpd:
                     self.config.dispatch,
                     clock=self.clock,
                     metrics=self.metrics,
+                    limiter=self.limiter,
                 )
             )
             self._build_services()
@@ -120,6 +131,13 @@ class Otpd:
         return MemoryStore(key_prefix=self.config.store.key_prefix, clock=self.clock)
 
     def _build_services(self) -> None:
+        self.sms_guard = SmsGuard(
+            self.config.sms,
+            store=self.store,
+            hasher=self.hasher,
+            clock=self.clock,
+            metrics=self.metrics,
+        )
         self.otp = OtpService(
             self.config.otp,
             store=self.store,
@@ -128,8 +146,28 @@ class Otpd:
             hasher=self.hasher,
             clock=self.clock,
             metrics=self.metrics,
+            sms_guard=self.sms_guard,
+            limiter=self.limiter,
         )
         self.tasks = TaskService(self.store)
+        self.links = TokenService(
+            self.config.links,
+            self.config.tokens,
+            store=self.store,
+            dispatcher=self.dispatcher,
+            renderer=self.renderer,
+            hasher=self.hasher,
+            clock=self.clock,
+            metrics=self.metrics,
+        )
+        self.messages = MessageService(
+            store=self.store,
+            dispatcher=self.dispatcher,
+            renderer=self.renderer,
+            hasher=self.hasher,
+            clock=self.clock,
+            sms_guard=self.sms_guard,
+        )
 
     # ------------------------------------------------------------------ health
 

@@ -15,6 +15,15 @@ class Metrics:
         self.otp_verified = Counter(
             "otpd_otp_verifications", "OTP verifications by result", ["result"], registry=r
         )
+        self.link_tokens_issued = Counter(
+            "otpd_link_tokens_issued", "Link tokens issued", ["purpose"], registry=r
+        )
+        self.link_tokens_used = Counter(
+            "otpd_link_tokens_used",
+            "Link token checks and confirmations by result",
+            ["purpose", "action", "result"],
+            registry=r,
+        )
         self.rate_limited = Counter(
             "otpd_rate_limited", "Requests refused by a rate limit", ["scope"], registry=r
         )

@@ -15,6 +15,7 @@ from otpd.errors import ValidationError
 
 __all__ = [
     "check_client_ip",
+    "check_display_name",
     "check_locale",
     "check_purpose",
     "check_user_agent",
@@ -61,6 +62,16 @@ def check_client_ip(value: str | None, field: str = "client_ip") -> str | None:
         return str(ipaddress.ip_address(value))
     except ValueError:
         raise ValidationError.field(field, "not an IPv4 or IPv6 address") from None
+
+
+def check_display_name(value: str | None, field: str = "name") -> str | None:
+    """A person's name for a greeting: trimmed, at most 128 printable characters."""
+    if value is None:
+        return None
+    value = " ".join(value.split())
+    if len(value) > 128 or not value.isprintable():
+        raise ValidationError.field(field, "at most 128 printable characters")
+    return value or None
 
 
 def check_user_agent(value: str | None, field: str = "user_agent") -> str | None:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import math
+from typing import NoReturn
 
 import structlog
 
 from otpd.clock import Clock
 from otpd.config import OtpConfig
 from otpd.crypto import Hasher, new_code, new_id
-from otpd.dispatch import Dispatcher
+from otpd.dispatch import Dispatcher, SendLimiter
 from otpd.errors import RateLimitedError, ValidationError
 from otpd.metrics import Metrics
 from otpd.models import Channel, Delivery, Message, OtpChannel, OtpIssued, VerifyResult
-from otpd.store import Limit, OtpRecord, Store
+from otpd.services.sms_guard import SmsGuard
+from otpd.store import Limit, LimitExceeded, OtpRecord, Store
 from otpd.templating import TemplateRenderer
 from otpd.validation import (
     check_client_ip,
@@ -46,10 +48,14 @@ class OtpService:
         hasher: Hasher,
         clock: Clock,
         metrics: Metrics,
+        sms_guard: SmsGuard,
+        limiter: SendLimiter,
     ) -> None:
         self.config = config
         self.store = store
         self.dispatcher = dispatcher
+        self.sms_guard = sms_guard
+        self.limiter = limiter
         self.renderer = renderer
         self.hasher = hasher
         self.clock = clock
@@ -106,9 +112,11 @@ class OtpService:
             raise ValidationError("an address is missing for the chosen channel", fields=problems)
         to_email = normalize_email(email) if email and Channel.EMAIL in channels else None
         to_phone = normalize_phone(phone) if phone and Channel.SMS in channels else None
+        target = self.sms_guard.target(to_phone) if to_phone else None
+        if target is not None:
+            self.sms_guard.check_static(target)
 
         code = new_code(self.config.length)
-        now = self.clock.time()
         context = {"code": code, "ttl_minutes": max(1, self.config.ttl_seconds // 60)}
         messages: list[Message] = []
         if to_email:
@@ -121,12 +129,27 @@ class OtpService:
                     rendered.subject,
                     rendered.html,
                     "otp_code",
+                    limits_counted=True,
                 )
             )
         if to_phone:
             text = await self.renderer.render_sms("otp_code", context, locale)
-            messages.append(Message(Channel.SMS, to_phone, text, tag="otp_code"))
+            messages.append(
+                Message(Channel.SMS, to_phone, text, tag="otp_code", limits_counted=True)
+            )
 
+        # Every counter goes into the one issue script, all counted or none: the user and
+        # IP limits, the per-recipient sending limits and, for SMS, the fraud guard's caps
+        # and range velocity. A refusal by any of them is a 429 up front.
+        limits = self._limits(user_id, client_ip)
+        for message in messages:
+            limits += self.limiter.limits_for(message)
+        charge = None
+        if target is not None:
+            limits += self.sms_guard.limits(target)
+            charge = await self.sms_guard.charge_budget(target)
+
+        now = self.clock.time()
         record = OtpRecord(
             otp_id=new_id("otp"),
             code_hash=self._code_hash(user_id, purpose, code),
@@ -139,22 +162,13 @@ class OtpService:
             user_agent=user_agent or "",
         )
         key = self.store.keys.otp(user_id, purpose)
-        refused = await self.store.issue_otp(key, record, self._limits(user_id, client_ip), now)
+        refused = await self.store.issue_otp(key, record, limits, now)
         if refused is not None:
-            self.metrics.rate_limited.labels(f"otp_{refused.scope}").inc()
-            retry_after = max(1, math.ceil(refused.retry_after))
-            log.info(
-                "audit.otp_rate_limited",
-                user_id=user_id,
-                purpose=purpose,
-                scope=refused.scope,
-                client_ip=client_ip,
-            )
-            raise RateLimitedError(
-                "too many codes requested; try again later",
-                retry_after=retry_after,
-                scope=refused.scope,
-            )
+            if charge is not None:
+                await self.sms_guard.refund(charge)
+            if self.sms_guard.owns(refused):
+                raise self.sms_guard.blocked(refused)
+            self._rate_limited(refused, user_id, purpose, client_ip)
 
         deliveries = []
         for message in messages:
@@ -172,6 +186,23 @@ class OtpService:
             tasks=[d.task_id for d in deliveries],
         )
         return OtpIssued(record.otp_id, record.expires_at, tuple(deliveries))
+
+    def _rate_limited(
+        self, refused: LimitExceeded, user_id: str, purpose: str, client_ip: str | None
+    ) -> NoReturn:
+        self.metrics.rate_limited.labels(f"otp_{refused.scope}").inc()
+        log.info(
+            "audit.otp_rate_limited",
+            user_id=user_id,
+            purpose=purpose,
+            scope=refused.scope,
+            client_ip=client_ip,
+        )
+        raise RateLimitedError(
+            "too many codes requested; try again later",
+            retry_after=max(1, math.ceil(refused.retry_after)),
+            scope=refused.scope,
+        )
 
     async def verify(
         self,

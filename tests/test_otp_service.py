@@ -1,0 +1,220 @@
+"""The OTP use case end to end without HTTP, on both stores."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import re
+import threading
+from pathlib import Path
+
+import pytest
+import structlog
+
+from otpd.app import Otpd
+from otpd.clock import FakeClock
+from otpd.errors import RateLimitedError, ValidationError
+from otpd.models import TaskStatus, VerifyReason
+from tests.conftest import ConfigFactory, outbox_files
+
+
+async def wait_sent(daemon: Otpd, task_ids: list[str]) -> None:
+    for _ in range(500):
+        records = [await daemon.tasks.get(t) for t in task_ids]
+        if all(r.status.final for r in records):
+            assert {r.status for r in records} == {TaskStatus.SENT}
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("tasks did not finish")
+
+
+def code_from_email(path: Path) -> str:
+    msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    body = msg.get_body(("plain",))
+    assert body is not None
+    match = re.search(r"\b(\d{6})\b", body.get_content())
+    assert match is not None
+    return match.group(1)
+
+
+def code_from_sms(path: Path) -> str:
+    match = re.search(r"\b(\d{6}) is your", path.read_text())
+    assert match is not None
+    return match.group(1)
+
+
+async def test_issued_code_arrives_by_email_and_verifies_once(otpd: Otpd) -> None:
+    issued = await otpd.otp.issue(user_id="u1", channel="email", email="Jane@Example.COM")
+    await wait_sent(otpd, [d.task_id for d in issued.deliveries])
+    [eml] = outbox_files(otpd.config, ".eml")
+    msg = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+    assert msg["To"] == "Jane@example.com"
+    assert msg.get_body(("html",)) is not None
+    code = code_from_email(eml)
+    assert (await otpd.otp.verify(user_id="u1", code=code)).verified
+    again = await otpd.otp.verify(user_id="u1", code=code)
+    assert again.reason is VerifyReason.NO_ACTIVE_CODE
+
+
+async def test_channel_both_sends_the_same_code_by_email_and_sms(otpd: Otpd) -> None:
+    issued = await otpd.otp.issue(
+        user_id="u1", channel="both", email="a@example.com", phone="+14155552671"
+    )
+    assert [d.channel.value for d in issued.deliveries] == ["email", "sms"]
+    await wait_sent(otpd, [d.task_id for d in issued.deliveries])
+    [eml] = outbox_files(otpd.config, ".eml")
+    [txt] = outbox_files(otpd.config, ".txt")
+    assert code_from_email(eml) == code_from_sms(txt)
+    assert "+14155552671" in txt.read_text()
+
+
+async def test_code_length_follows_config(make_config: ConfigFactory, backend: str) -> None:
+    async with Otpd(make_config(backend, otp={"length": 8})) as daemon:
+        issued = await daemon.otp.issue(user_id="u1", channel="sms", phone="+14155552671")
+        await wait_sent(daemon, [d.task_id for d in issued.deliveries])
+        [txt] = outbox_files(daemon.config, ".txt")
+        assert re.search(r"\b\d{8} is your", txt.read_text())
+
+
+async def test_expired_code_no_longer_verifies(otpd: Otpd, clock: FakeClock) -> None:
+    issued = await otpd.otp.issue(user_id="u1", channel="sms", phone="+14155552671")
+    await wait_sent(otpd, [d.task_id for d in issued.deliveries])
+    code = code_from_sms(outbox_files(otpd.config, ".txt")[0])
+    clock.advance(otpd.config.otp.ttl_seconds)
+    result = await otpd.otp.verify(user_id="u1", code=code)
+    assert result.reason is VerifyReason.NO_ACTIVE_CODE
+
+
+async def test_code_is_bound_to_its_purpose(otpd: Otpd) -> None:
+    issued = await otpd.otp.issue(
+        user_id="u1", channel="sms", phone="+14155552671", purpose="reset"
+    )
+    await wait_sent(otpd, [d.task_id for d in issued.deliveries])
+    code = code_from_sms(outbox_files(otpd.config, ".txt")[0])
+    assert not (await otpd.otp.verify(user_id="u1", code=code)).verified
+    assert (await otpd.otp.verify(user_id="u1", code=code, purpose="reset")).verified
+
+
+async def test_sixth_code_in_an_hour_is_rate_limited_with_retry_after(
+    otpd: Otpd, clock: FakeClock
+) -> None:
+    for _ in range(5):
+        await otpd.otp.issue(user_id="u1", channel="sms", phone="+14155552671")
+        clock.advance(60)
+    with pytest.raises(RateLimitedError) as info:
+        await otpd.otp.issue(user_id="u1", channel="sms", phone="+14155552671")
+    assert info.value.scope == "user_hour"
+    assert info.value.retry_after == 3600 - 5 * 60
+
+
+async def test_per_ip_limit_spans_users(make_config: ConfigFactory, backend: str) -> None:
+    async with Otpd(make_config(backend, otp={"per_ip_hour": 2})) as daemon:
+        for user in ("a", "b"):
+            await daemon.otp.issue(
+                user_id=user, channel="sms", phone="+14155552671", client_ip="203.0.113.5"
+            )
+        with pytest.raises(RateLimitedError) as info:
+            await daemon.otp.issue(
+                user_id="c", channel="sms", phone="+14155552671", client_ip="203.0.113.5"
+            )
+        assert info.value.scope == "ip_hour"
+        await daemon.otp.issue(
+            user_id="c", channel="sms", phone="+14155552671", client_ip="203.0.113.6"
+        )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"channel": "email"}, "email"),
+        ({"channel": "sms"}, "phone"),
+        ({"channel": "fax", "email": "a@example.com"}, "channel"),
+        ({"channel": "email", "email": "not-an-address"}, "email"),
+        ({"channel": "sms", "phone": "4155552671"}, "phone"),
+        ({"channel": "sms", "phone": "+1415"}, "phone"),
+        ({"channel": "sms", "phone": "+14155552671", "client_ip": "999.1.1.1"}, "client_ip"),
+        ({"channel": "sms", "phone": "+14155552671", "purpose": "Log In"}, "purpose"),
+        ({"channel": "sms", "phone": "+14155552671", "user_id": "a b"}, "user_id"),
+    ],
+)
+async def test_invalid_input_names_the_field(
+    otpd: Otpd, kwargs: dict[str, str], field: str
+) -> None:
+    args = {"user_id": "u1", **kwargs}
+    with pytest.raises(ValidationError) as info:
+        await otpd.otp.issue(**args)
+    assert field in info.value.fields
+
+
+async def test_concurrent_verifies_of_one_code_succeed_exactly_once(otpd: Otpd) -> None:
+    issued = await otpd.otp.issue(user_id="race", channel="sms", phone="+14155552671")
+    await wait_sent(otpd, [d.task_id for d in issued.deliveries])
+    code = code_from_sms(outbox_files(otpd.config, ".txt")[0])
+    results = await asyncio.gather(*(otpd.otp.verify(user_id="race", code=code) for _ in range(50)))
+    assert sum(r.verified for r in results) == 1
+    assert {r.reason for r in results if not r.verified} == {VerifyReason.NO_ACTIVE_CODE}
+
+
+async def test_concurrent_wrong_guesses_never_exceed_max_attempts(otpd: Otpd) -> None:
+    issued = await otpd.otp.issue(user_id="brute", channel="sms", phone="+14155552671")
+    await wait_sent(otpd, [d.task_id for d in issued.deliveries])
+    code = code_from_sms(outbox_files(otpd.config, ".txt")[0])
+    wrong = f"{(int(code) + 1) % 10**6:06d}"
+    results = await asyncio.gather(
+        *(otpd.otp.verify(user_id="brute", code=wrong) for _ in range(30))
+    )
+    assert sum(r.reason is VerifyReason.INVALID_CODE for r in results) == 3
+    assert (
+        await otpd.otp.verify(user_id="brute", code=code)
+    ).reason is VerifyReason.TOO_MANY_ATTEMPTS
+
+
+async def test_concurrent_issues_respect_the_limit_exactly(otpd: Otpd) -> None:
+    outcomes = await asyncio.gather(
+        *(otpd.otp.issue(user_id="burst", channel="sms", phone="+14155552671") for _ in range(20)),
+        return_exceptions=True,
+    )
+    assert sum(not isinstance(o, BaseException) for o in outcomes) == 5
+    assert all(isinstance(o, RateLimitedError) for o in outcomes if isinstance(o, BaseException))
+
+
+async def test_no_log_line_contains_the_code(otpd: Otpd) -> None:
+    with structlog.testing.capture_logs() as logs:
+        issued = await otpd.otp.issue(
+            user_id="u1", channel="both", email="a@example.com", phone="+14155552671"
+        )
+        await wait_sent(otpd, [d.task_id for d in issued.deliveries])
+        code = code_from_sms(outbox_files(otpd.config, ".txt")[0])
+        await otpd.otp.verify(user_id="u1", code="000000" if code != "000000" else "111111")
+        await otpd.otp.verify(user_id="u1", code=code)
+    assert logs, "the flow should log audit lines"
+    assert code not in repr(logs)
+    assert any(entry["event"] == "audit.otp_verified" for entry in logs)
+
+
+async def test_full_cycle_runs_without_threads(make_config: ConfigFactory) -> None:
+    assert threading.active_count() == 1, [t.name for t in threading.enumerate()]
+    async with Otpd(make_config("memory")) as daemon:
+        from tests.conftest import open_client
+
+        client = await open_client(daemon)
+        try:
+            resp = await client.post(
+                "/v1/otp",
+                json={
+                    "user_id": "t",
+                    "channel": "both",
+                    "email": "t@example.com",
+                    "phone": "+14155552671",
+                },
+            )
+            assert resp.status == 202
+            body = await resp.json()
+            await wait_sent(daemon, [d["task_id"] for d in body["deliveries"]])
+            code = code_from_sms(outbox_files(daemon.config, ".txt")[0])
+            resp = await client.post("/v1/otp/verify", json={"user_id": "t", "code": code})
+            assert await resp.json() == {"verified": True}
+        finally:
+            await client.close()
+    assert threading.active_count() == 1, [t.name for t in threading.enumerate()]
