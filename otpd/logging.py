@@ -70,3 +70,5 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.INFO))
+    # The twilio SDK logs request URLs and headers (with Basic credentials) at INFO.
+    logging.getLogger("twilio").setLevel(logging.WARNING)

@@ -38,9 +38,7 @@ class _DnsServer(asyncio.DatagramProtocol):
         self.queries.append(f"{name} {dns.rdatatype.to_text(question.rdtype)}")
         if name in self.records:
             if question.rdtype == dns.rdatatype.A:
-                response.answer.append(
-                    dns.rrset.from_text(name, 60, "IN", "A", self.records[name])
-                )
+                response.answer.append(dns.rrset.from_text(name, 60, "IN", "A", self.records[name]))
         else:
             response.set_rcode(dns.rcode.NXDOMAIN)
         assert self.transport is not None
