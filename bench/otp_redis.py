@@ -123,6 +123,10 @@ async def main(ops: int, concurrency: int) -> None:
 
             trips = await round_trips(raw, issue_email)
             print(f"  OtpService.issue (email)     {len(trips)}  {trips}  (code + task record)")
+            trips = await round_trips(
+                raw, lambda: otpd.otp.issue(user_id="rt3", channel="sms", phone="+14155552671")
+            )
+            print(f"  OtpService.issue (sms)       {len(trips)}  {trips}  (guard counters inside)")
             await asyncio.sleep(0.2)
             trips = await round_trips(raw, lambda: otpd.otp.verify(user_id="rt2", code="000000"))
             print(f"  OtpService.verify            {len(trips)}  {trips}")

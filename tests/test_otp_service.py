@@ -218,3 +218,35 @@ async def test_full_cycle_runs_without_threads(make_config: ConfigFactory) -> No
         finally:
             await client.close()
     assert threading.active_count() == 1, [t.name for t in threading.enumerate()]
+
+
+async def test_otp_over_the_recipient_limit_is_refused_up_front(
+    make_config: ConfigFactory, backend: str
+) -> None:
+    async with Otpd(make_config(backend, email={"per_recipient_hour": 2})) as daemon:
+        for user in ("a", "b"):
+            await daemon.otp.issue(user_id=user, channel="email", email="shared@example.com")
+        with pytest.raises(RateLimitedError) as info:
+            await daemon.otp.issue(user_id="c", channel="email", email="shared@example.com")
+        assert info.value.scope == "email_recipient_hour"
+        # the refused request counted nothing: user c may still use another address
+        await daemon.otp.issue(user_id="c", channel="email", email="other@example.com")
+
+
+async def test_budget_charge_is_refunded_when_a_limit_refuses_the_code(
+    make_config: ConfigFactory, backend: str
+) -> None:
+    config = make_config(
+        backend, otp={"per_user_hour": 1}, sms={"daily_budget": 1.0, "default_price": 0.4}
+    )
+    async with Otpd(config) as daemon:
+        await daemon.otp.issue(user_id="u", channel="sms", phone="+14155552671")
+        for _ in range(3):  # refused by the user limit: each charge is taken back
+            with pytest.raises(RateLimitedError):
+                await daemon.otp.issue(user_id="u", channel="sms", phone="+14155552671")
+        spend = daemon.metrics.registry.get_sample_value("otpd_sms_spend_today")
+        assert spend == pytest.approx(0.4)
+        await daemon.otp.issue(user_id="v", channel="sms", phone="+14155552672")
+        assert daemon.metrics.registry.get_sample_value("otpd_sms_spend_today") == pytest.approx(
+            0.8
+        )

@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import redis.asyncio as aioredis
 
+from otpd.app import Otpd
 from otpd.clock import FakeClock
-from otpd.config import load_config
+from otpd.config import Config, load_config
 from otpd.errors import UnavailableError
 from otpd.store.base import Limit, OtpRecord
 from otpd.store.redis import RedisStore
@@ -126,3 +127,20 @@ async def test_unreachable_redis_is_reported_as_unavailable() -> None:
 async def test_store_cannot_be_opened_twice(rstore: RedisStore) -> None:
     with pytest.raises(RuntimeError, match="already open"):
         await rstore.__aenter__()
+
+
+async def test_sms_otp_issue_costs_the_code_script_and_the_task_record_only(
+    make_config: Callable[..., Config], raw: aioredis.Redis
+) -> None:
+    async with Otpd(make_config("redis")) as daemon:
+        trips = await count_round_trips(
+            raw,
+            lambda: daemon.otp.issue(
+                user_id="u1", channel="sms", phone="+14155552671", client_ip="203.0.113.1"
+            ),
+        )
+    # the guard's caps and range velocity ride in the EVALSHA; the task record is one
+    # MULTI/EXEC pipeline; after that only the worker's status writes may show up
+    names = [c.split()[0] for c in trips]
+    assert names[:5] == ["EVALSHA", "MULTI", "HSET", "EXPIRE", "EXEC"]
+    assert set(names[5:]) <= {"HSET"}

@@ -9,73 +9,31 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 from markupsafe import Markup
 
-from otpd.api.routes import OTPD, read_body
+from otpd.api.routes import OTPD, json_response, read_body
+from otpd.api.schemas import LinkRequestBody, RemindersBody, TokenBody
 from otpd.app import Otpd
 from otpd.clock import rfc3339
 from otpd.config import LinksConfig
 from otpd.errors import InvalidTokenError, NotFoundError, ValidationError
-from otpd.services.tokens import HOSTED_VERIFY_PATH, MAX_REMINDERS, LinkIssued, ReminderUser
+from otpd.services.tokens import HOSTED_VERIFY_PATH, LinkIssued, ReminderUser
 from otpd.templating import BUILTIN_TEMPLATES
 from otpd.validation import check_locale
 
-__all__ = [
-    "LinkRequestBody",
-    "RemindersBody",
-    "TokenBody",
-    "link_routes",
-]
+__all__ = ["link_routes"]
 
 link_routes = web.RouteTableDef()
 
 HOSTED_PAGE = "_hosted/verify_email"
 
 
-def _max(n: int) -> dict[str, Any]:
-    return {"max_len": n}
-
-
-@dataclass(frozen=True, slots=True)
-class LinkRequestBody:
-    user_id: str = field(metadata=_max(128))
-    email: str = field(metadata=_max(254))
-    name: str | None = field(default=None, metadata=_max(256))
-    locale: str | None = field(default=None, metadata=_max(16))
-    client_ip: str | None = field(default=None, metadata=_max(64))
-    user_agent: str | None = field(default=None, metadata=_max(512))
-
-
-@dataclass(frozen=True, slots=True)
-class TokenBody:
-    # No tight length here: anything that is not a token gets the one invalid_token answer.
-    token: str
-
-
-@dataclass(frozen=True, slots=True)
-class ReminderUserBody:
-    user_id: str = field(metadata=_max(128))
-    email: str = field(metadata=_max(254))
-    name: str | None = field(default=None, metadata=_max(256))
-
-
-@dataclass(frozen=True, slots=True)
-class RemindersBody:
-    users: list[ReminderUserBody] = field(metadata={"max_items": MAX_REMINDERS})
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status)
-
-
 def _issued(issued: LinkIssued) -> web.Response:
-    return _json({"task_id": issued.task_id, "expires_at": rfc3339(issued.expires_at)}, 202)
+    return json_response({"task_id": issued.task_id, "expires_at": rfc3339(issued.expires_at)}, 202)
 
 
 # ---------------------------------------------------------------------- email verification
@@ -99,7 +57,7 @@ async def request_verification(request: web.Request) -> web.Response:
 async def confirm_verification(request: web.Request) -> web.Response:
     body = await read_body(request, TokenBody)
     owner = await request.app[OTPD].links.confirm_verification(body.token)
-    return _json({"user_id": owner.user_id, "email": owner.email})
+    return json_response({"user_id": owner.user_id, "email": owner.email})
 
 
 @link_routes.post("/v1/email-verifications/reminders")
@@ -109,7 +67,7 @@ async def send_reminders(request: web.Request) -> web.Response:
         [ReminderUser(u.user_id, u.email, u.name) for u in body.users]
     )
     skipped = [{"user_id": s.user_id, "reason": s.reason} for s in result.skipped]
-    return _json({"queued": result.queued, "skipped": skipped}, 202)
+    return json_response({"queued": result.queued, "skipped": skipped}, 202)
 
 
 # ---------------------------------------------------------------------- password reset
@@ -133,7 +91,7 @@ async def request_password_reset(request: web.Request) -> web.Response:
 async def check_password_reset(request: web.Request) -> web.Response:
     body = await read_body(request, TokenBody)
     owner = await request.app[OTPD].links.check_password_reset(body.token)
-    return _json(
+    return json_response(
         {"user_id": owner.user_id, "email": owner.email, "expires_at": rfc3339(owner.expires_at)}
     )
 
@@ -142,7 +100,7 @@ async def check_password_reset(request: web.Request) -> web.Response:
 async def confirm_password_reset(request: web.Request) -> web.Response:
     body = await read_body(request, TokenBody)
     owner = await request.app[OTPD].links.confirm_password_reset(body.token)
-    return _json({"user_id": owner.user_id, "email": owner.email})
+    return json_response({"user_id": owner.user_id, "email": owner.email})
 
 
 # ---------------------------------------------------------------------- hosted page

@@ -15,7 +15,7 @@ from otpd.app import Otpd
 from otpd.clock import rfc3339
 from otpd.errors import ValidationError
 
-__all__ = ["OTPD", "routes"]
+__all__ = ["OTPD", "json_response", "read_body", "routes"]
 
 OTPD = web.AppKey("otpd", Otpd)
 T = TypeVar("T")
@@ -39,7 +39,7 @@ async def read_body(request: web.Request, cls: type[T]) -> T:
     return parse_body(cls, raw)
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
+def json_response(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status)
 
 
@@ -47,7 +47,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
 async def issue_otp(request: web.Request) -> web.Response:
     body = await read_body(request, IssueOtpBody)
     issued = await request.app[OTPD].otp.issue(**dataclasses.asdict(body))
-    return _json(
+    return json_response(
         {
             "otp_id": issued.otp_id,
             "expires_at": rfc3339(issued.expires_at),
@@ -64,8 +64,8 @@ async def verify_otp(request: web.Request) -> web.Response:
     body = await read_body(request, VerifyOtpBody)
     result = await request.app[OTPD].otp.verify(**dataclasses.asdict(body))
     if result.verified:
-        return _json({"verified": True})
-    return _json(
+        return json_response({"verified": True})
+    return json_response(
         {"verified": False, "reason": str(result.reason), "attempts_left": result.attempts_left}
     )
 
@@ -76,7 +76,7 @@ async def send_message(request: web.Request) -> web.Response:
     accepted = await request.app[OTPD].messages.send(
         **dataclasses.asdict(body), client=request.get(CLIENT, "default")
     )
-    response = _json({"task_id": accepted.task_id}, status=202)
+    response = json_response({"task_id": accepted.task_id}, status=202)
     if accepted.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
@@ -85,13 +85,13 @@ async def send_message(request: web.Request) -> web.Response:
 @routes.get("/v1/tasks/{task_id}")
 async def get_task(request: web.Request) -> web.Response:
     record = await request.app[OTPD].tasks.get(request.match_info["task_id"])
-    return _json(record.to_public())
+    return json_response(record.to_public())
 
 
 @routes.get("/v1/health/messaging")
 async def messaging_health(request: web.Request) -> web.Response:
     providers = await request.app[OTPD].messaging_health()
-    return _json(
+    return json_response(
         {
             "providers": [
                 {
@@ -111,14 +111,14 @@ async def messaging_health(request: web.Request) -> web.Response:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
     checks = await request.app[OTPD].readiness()
     ready = all(c["ok"] for c in checks.values())
-    return _json(
+    return json_response(
         {"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503
     )
 

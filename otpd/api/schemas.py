@@ -11,8 +11,17 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from otpd.errors import ValidationError
+from otpd.services.tokens import MAX_REMINDERS
 
-__all__ = ["IssueOtpBody", "SendMessageBody", "VerifyOtpBody", "parse_body"]
+__all__ = [
+    "IssueOtpBody",
+    "LinkRequestBody",
+    "RemindersBody",
+    "SendMessageBody",
+    "TokenBody",
+    "VerifyOtpBody",
+    "parse_body",
+]
 
 T = TypeVar("T")
 
@@ -163,3 +172,31 @@ class SendMessageBody:
     text: str | None = field(default=None, metadata=_max(100_000))
     html: str | None = field(default=None, metadata=_max(100_000))
     idempotency_key: str | None = field(default=None, metadata=_max(255))
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRequestBody:
+    user_id: str = field(metadata=_max(128))
+    email: str = field(metadata=_max(254))
+    name: str | None = field(default=None, metadata=_max(256))
+    locale: str | None = field(default=None, metadata=_max(16))
+    client_ip: str | None = field(default=None, metadata=_max(64))
+    user_agent: str | None = field(default=None, metadata=_max(512))
+
+
+@dataclass(frozen=True, slots=True)
+class TokenBody:
+    # No tight length here: anything that is not a token gets the one invalid_token answer.
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReminderUserBody:
+    user_id: str = field(metadata=_max(128))
+    email: str = field(metadata=_max(254))
+    name: str | None = field(default=None, metadata=_max(256))
+
+
+@dataclass(frozen=True, slots=True)
+class RemindersBody:
+    users: list[ReminderUserBody] = field(metadata={"max_items": MAX_REMINDERS})
