@@ -80,14 +80,7 @@ class RedisStore:
         try:
             async with self._guard():
                 await self._redis.ping()
-                for name in (
-                    "issue_otp",
-                    "verify_otp",
-                    "hit_limits",
-                    "capped_add",
-                    "issue_token",
-                    "use_token",
-                ):
+                for name in ("put_limited", "verify_otp", "hit_limits", "capped_add", "use_token"):
                     script = self._redis.register_script(load_script(name))
                     # Loaded once here so every later call is a single EVALSHA.
                     await self._redis.script_load(script.script)
@@ -142,16 +135,26 @@ class RedisStore:
     async def issue_otp(
         self, key: str, record: OtpRecord, limits: Sequence[Limit], now: float
     ) -> LimitExceeded | None:
+        fields = {**dataclasses.asdict(record), "attempts": 0}
+        return await self._put_limited(key, fields, record.otp_id, record.expires_at, limits, now)
+
+    async def _put_limited(
+        self,
+        key: str,
+        fields: dict[str, Any],
+        member: str,
+        expires_at: float,
+        limits: Sequence[Limit],
+        now: float,
+    ) -> LimitExceeded | None:
+        """Replace the hash at ``key`` with ``fields`` if every limit allows; one trip."""
         limit_keys, limit_args = _limit_args(limits)
-        fields: list[Any] = []
-        for name, value in dataclasses.asdict(record).items():
-            fields += [name, value]
-        fields += ["attempts", 0]
-        ttl = max(1, _ms(record.expires_at - now))
+        flat: list[Any] = [part for item in fields.items() for part in item]
+        ttl = max(1, _ms(expires_at - now))
         reply = await self._script(
-            "issue_otp",
+            "put_limited",
             [key, *limit_keys],
-            [_ms(now), ttl, record.otp_id, len(limits), *limit_args, *fields],
+            [_ms(now), ttl, member, len(limits), *limit_args, *flat],
         )
         return _refusal(limits, reply)
 
@@ -168,17 +171,8 @@ class RedisStore:
     async def issue_token(
         self, key: str, record: TokenRecord, limits: Sequence[Limit], now: float
     ) -> LimitExceeded | None:
-        limit_keys, limit_args = _limit_args(limits)
-        fields: list[Any] = []
-        for name, value in dataclasses.asdict(record).items():
-            fields += [name, value]
-        ttl = max(1, _ms(record.expires_at - now))
-        reply = await self._script(
-            "issue_token",
-            [key, *limit_keys],
-            [_ms(now), ttl, record.token_id, len(limits), *limit_args, *fields],
-        )
-        return _refusal(limits, reply)
+        fields = dataclasses.asdict(record)
+        return await self._put_limited(key, fields, record.token_id, record.expires_at, limits, now)
 
     async def use_token(
         self, key: str, token_hash: str, purpose: str, now: float, *, consume: bool

@@ -1,7 +1,9 @@
--- KEYS[1] the owner's token record; KEYS[2..n+1] limit keys
+-- Replace the hash record at KEYS[1] if every limit allows it, counting them; all or nothing.
+-- Issues OTP codes and link tokens alike (a new one supersedes the previous one).
+-- KEYS[1] the record; KEYS[2..n+1] limit keys
 -- ARGV: now_ms, ttl_ms, member, n, (limit, window_ms, distinct, member) * n,
 --   (field, value) * m
--- -> {1} stored (any previous token of the owner is gone) | {0, limit_index, retry_ms}
+-- -> {1} stored | {0, limit_index, retry_ms}
 local now = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local member = ARGV[3]
