@@ -6,9 +6,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import os
 import re
-import socket
 import threading
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
@@ -33,7 +31,8 @@ from otpd.providers.http import SharedSession
 from otpd.providers.outbox import OutboxEmailProvider
 from otpd.providers.registry import ProviderDeps, build_providers
 from otpd.providers.ses import SesProvider
-from tests.conftest import Moto
+from tests import aws
+from tests.conftest import Moto, free_port
 
 REGION = "eu-west-1"
 TO = "jane.doe@example.com"
@@ -64,24 +63,8 @@ def ses_config(endpoint_url: str, **overrides: str) -> SesConfig:
     return SesConfig(**values)
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def os_thread_count() -> int:
-    """Threads of this process as the kernel sees them, including native ones (c-ares)."""
-    return len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 0
-
-
 def client_error(code: str, message: str, status: int = 400) -> ClientError:
-    response: Any = {
-        "Error": {"Code": code, "Message": message},
-        "ResponseMetadata": {"HTTPStatusCode": status},
-    }
-    return ClientError(response, "SendEmail")
+    return aws.client_error("SendEmail", code, message, status)
 
 
 def assert_no_personal_data(error: DeliveryError) -> None:
@@ -174,10 +157,10 @@ async def test_sending_adds_no_threads_even_when_resolving_a_hostname(
     # so its first request (HTTP session, connection, DNS lookup) is inside the measurement
     endpoint = moto.url.replace("127.0.0.1", "localhost")
     async with SesProvider(ses_config(endpoint), SENDER) as provider:
-        before = threading.active_count(), os_thread_count()
+        before = threading.active_count(), aws.os_thread_count()
         for _ in range(3):
             await provider.send(MESSAGE)
-        after = threading.active_count(), os_thread_count()
+        after = threading.active_count(), aws.os_thread_count()
     # <=, not ==: a thread another test left behind may end meanwhile
     assert after[0] <= before[0]
     assert after[1] <= before[1]
@@ -224,7 +207,7 @@ async def test_malformed_recipient_is_permanent(ses: SesProvider) -> None:
 
 
 async def test_unreachable_endpoint_is_a_transient_network_error() -> None:
-    config = ses_config(f"http://127.0.0.1:{closed_port()}")
+    config = ses_config(f"http://127.0.0.1:{free_port()}")
     async with SesProvider(config, SENDER) as provider:
         with pytest.raises(TransientDeliveryError) as caught:
             await provider.send(MESSAGE)

@@ -4,8 +4,6 @@ failures."""
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,7 +20,8 @@ from otpd.providers.http import SharedSession
 from otpd.providers.outbox import ConsoleSmsProvider
 from otpd.providers.registry import ProviderDeps, build_providers
 from otpd.providers.sns import SnsProvider
-from tests.conftest import Moto
+from tests import aws
+from tests.conftest import Moto, free_port
 
 REGION = "ap-southeast-2"
 TO = "+14155550123"
@@ -42,24 +41,8 @@ def sns_config(endpoint_url: str, **overrides: str) -> SnsConfig:
     return SnsConfig(**values)
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def os_thread_count() -> int:
-    """Threads of this process as the kernel sees them, including native ones."""
-    return len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 0
-
-
 def client_error(code: str, message: str, status: int = 400) -> ClientError:
-    response: Any = {
-        "Error": {"Code": code, "Message": message},
-        "ResponseMetadata": {"HTTPStatusCode": status},
-    }
-    return ClientError(response, "Publish")
+    return aws.client_error("Publish", code, message, status)
 
 
 def assert_no_personal_data(error: DeliveryError) -> None:
@@ -156,10 +139,10 @@ async def test_sending_adds_no_threads_even_when_resolving_a_hostname(moto: Moto
     # request (HTTP session, connection, DNS lookup) is inside the measurement
     endpoint = moto.url.replace("127.0.0.1", "localhost")
     async with SnsProvider(sns_config(endpoint)) as provider:
-        before = threading.active_count(), os_thread_count()
+        before = threading.active_count(), aws.os_thread_count()
         for _ in range(3):
             await provider.send(MESSAGE)
-        after = threading.active_count(), os_thread_count()
+        after = threading.active_count(), aws.os_thread_count()
     # <=, not ==: a thread another test left behind may end meanwhile
     assert after[0] <= before[0]
     assert after[1] <= before[1]
@@ -185,7 +168,7 @@ async def test_text_sns_refuses_is_transient_so_another_provider_may_send_it(
 
 
 async def test_unreachable_endpoint_is_a_transient_network_error() -> None:
-    async with SnsProvider(sns_config(f"http://127.0.0.1:{closed_port()}")) as provider:
+    async with SnsProvider(sns_config(f"http://127.0.0.1:{free_port()}")) as provider:
         with pytest.raises(TransientDeliveryError) as caught:
             await provider.send(MESSAGE)
     assert caught.value.reason == "network"
