@@ -20,6 +20,7 @@ __all__ = [
     "check_purpose",
     "check_user_agent",
     "check_user_id",
+    "e164",
     "normalize_email",
     "normalize_phone",
     "parse_phone",
@@ -109,7 +110,10 @@ def parse_phone(value: str, field: str = "phone") -> phonenumbers.PhoneNumber:
     return number
 
 
+def e164(number: phonenumbers.PhoneNumber) -> str:
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
 def normalize_phone(value: str, field: str = "phone") -> str:
     """The number in E.164 (``+15417543010``) if it is a valid mobile-capable number."""
-    number = parse_phone(value, field)
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return e164(parse_phone(value, field))

@@ -8,6 +8,7 @@ never consumes anything, so mail scanners that open every link cannot burn it.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 from functools import cache
 from urllib.parse import urlsplit
@@ -42,14 +43,7 @@ def _issued(issued: LinkIssued) -> web.Response:
 @link_routes.post("/v1/email-verifications")
 async def request_verification(request: web.Request) -> web.Response:
     body = await read_body(request, LinkRequestBody)
-    issued = await request.app[OTPD].links.request_verification(
-        user_id=body.user_id,
-        email=body.email,
-        name=body.name,
-        locale=body.locale,
-        client_ip=body.client_ip,
-        user_agent=body.user_agent,
-    )
+    issued = await request.app[OTPD].links.request_verification(**dataclasses.asdict(body))
     return _issued(issued)
 
 
@@ -76,14 +70,7 @@ async def send_reminders(request: web.Request) -> web.Response:
 @link_routes.post("/v1/password-resets")
 async def request_password_reset(request: web.Request) -> web.Response:
     body = await read_body(request, LinkRequestBody)
-    issued = await request.app[OTPD].links.request_password_reset(
-        user_id=body.user_id,
-        email=body.email,
-        name=body.name,
-        locale=body.locale,
-        client_ip=body.client_ip,
-        user_agent=body.user_agent,
-    )
+    issued = await request.app[OTPD].links.request_password_reset(**dataclasses.asdict(body))
     return _issued(issued)
 
 

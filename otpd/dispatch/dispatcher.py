@@ -160,10 +160,12 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ intake
 
-    def _new_record(self, message: Message, status: TaskStatus, error: str = "") -> TaskRecord:
+    def _new_record(
+        self, message: Message, status: TaskStatus, error: str = "", task_id: str | None = None
+    ) -> TaskRecord:
         now = self._clock.time()
         return TaskRecord(
-            task_id=new_task_id(),
+            task_id=task_id or new_task_id(),
             channel=message.channel,
             status=status,
             tag=message.tag,
@@ -183,9 +185,7 @@ class Dispatcher:
             raise UnavailableError("the dispatcher is not accepting messages")
         if self._queue.qsize() + len(self._waiting) >= self.config.queue_size:
             raise UnavailableError("the delivery queue is full")
-        record = self._new_record(message, TaskStatus.QUEUED)
-        if task_id is not None:
-            record.task_id = task_id
+        record = self._new_record(message, TaskStatus.QUEUED, task_id=task_id)
         await self.store.put_task(record, self.config.task_ttl_seconds)
         self._queue.put_nowait(_Job(record, message))
         self._metrics.queue_depth.set(self._queue.qsize())
@@ -199,9 +199,7 @@ class Dispatcher:
         For callers that must answer like an accepted send (no account enumeration) but
         were refused, e.g. by a silent rate limit: the refusal stays visible in the task.
         """
-        record = self._new_record(message, TaskStatus.FAILED, reason)
-        if task_id is not None:
-            record.task_id = task_id
+        record = self._new_record(message, TaskStatus.FAILED, reason, task_id)
         await self.store.put_task(record, self.config.task_ttl_seconds)
         self._metrics.tasks.labels(message.channel.value, TaskStatus.FAILED.value).inc()
         return record

@@ -24,7 +24,7 @@ from otpd.validation import (
     check_user_agent,
     check_user_id,
     normalize_email,
-    normalize_phone,
+    parse_phone,
 )
 
 __all__ = ["OtpService"]
@@ -111,10 +111,11 @@ class OtpService:
         if problems:
             raise ValidationError("an address is missing for the chosen channel", fields=problems)
         to_email = normalize_email(email) if email and Channel.EMAIL in channels else None
-        to_phone = normalize_phone(phone) if phone and Channel.SMS in channels else None
-        target = self.sms_guard.target(to_phone) if to_phone else None
-        if target is not None:
+        target = None
+        if phone and Channel.SMS in channels:
+            target = self.sms_guard.target(parse_phone(phone))
             self.sms_guard.check_static(target)
+        to_phone = target.e164 if target is not None else None
 
         code = new_code(self.config.length)
         context = {"code": code, "ttl_minutes": max(1, self.config.ttl_seconds // 60)}
