@@ -250,3 +250,15 @@ async def test_budget_charge_is_refunded_when_a_limit_refuses_the_code(
         assert daemon.metrics.registry.get_sample_value("otpd_sms_spend_today") == pytest.approx(
             0.8
         )
+
+
+async def test_rate_limits_hold_across_daemon_instances_on_redis(
+    make_config: ConfigFactory,
+) -> None:
+    config = make_config("redis")  # both instances share one Redis and key prefix
+    async with Otpd(config) as first, Otpd(config) as second:
+        for daemon in (first, second, first, second, first):
+            await daemon.otp.issue(user_id="shared", channel="sms", phone="+14155552671")
+        for daemon in (first, second):
+            with pytest.raises(RateLimitedError):
+                await daemon.otp.issue(user_id="shared", channel="sms", phone="+14155552671")

@@ -394,3 +394,14 @@ def test_render_template_explains_mistakes_and_exits_2(
     captured = capsys.readouterr()
     assert message in captured.err
     assert captured.out == ""
+
+
+async def test_templates_are_loaded_once_and_cached(tmp_path: Path) -> None:
+    from otpd.config import ProductConfig
+    from otpd.templating import TemplateRenderer
+
+    (tmp_path / "otp_code.sms.j2").write_text("first {{ code }}")
+    renderer = TemplateRenderer(ProductConfig(), str(tmp_path))
+    assert await renderer.render_sms("otp_code", {"code": "1", "ttl_minutes": 1}) == "first 1"
+    (tmp_path / "otp_code.sms.j2").write_text("second {{ code }}")
+    assert await renderer.render_sms("otp_code", {"code": "2", "ttl_minutes": 1}) == "first 2"
