@@ -23,6 +23,7 @@ from typing import Any, Literal
 from otpd.errors import ConfigError
 
 __all__ = [
+    "PROVIDERS",
     "ApiKey",
     "AuthConfig",
     "BreakerConfig",
@@ -35,6 +36,7 @@ __all__ = [
     "OtpConfig",
     "OutboxConfig",
     "ProductConfig",
+    "ProviderSpec",
     "SecurityConfig",
     "SendgridConfig",
     "ServerConfig",
@@ -51,8 +53,34 @@ __all__ = [
     "masked_config",
 ]
 
-EMAIL_PROVIDERS = frozenset({"outbox", "smtp", "ses", "sendgrid", "mailgun"})
-SMS_PROVIDERS = frozenset({"console", "sns", "twilio", "vonage"})
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    """A delivery provider as config names it: its channel, its settings section, and the
+    class that implements it (``module:Class``, imported only when configured)."""
+
+    name: str
+    channel: Literal["email", "sms"]
+    section: str
+    target: str
+
+
+# The one definition of every provider name.
+PROVIDERS: Mapping[str, ProviderSpec] = {
+    spec.name: spec
+    for spec in (
+        ProviderSpec("outbox", "email", "outbox", "otpd.providers.dev:OutboxEmailProvider"),
+        ProviderSpec("smtp", "email", "smtp", "otpd.providers.smtp:SmtpProvider"),
+        ProviderSpec("ses", "email", "ses", "otpd.providers.ses:SesProvider"),
+        ProviderSpec("sendgrid", "email", "sendgrid", "otpd.providers.sendgrid:SendgridProvider"),
+        ProviderSpec("mailgun", "email", "mailgun", "otpd.providers.mailgun:MailgunProvider"),
+        ProviderSpec("console", "sms", "outbox", "otpd.providers.dev:ConsoleSmsProvider"),
+        ProviderSpec("sns", "sms", "sns", "otpd.providers.sns:SnsProvider"),
+        ProviderSpec("twilio", "sms", "twilio", "otpd.providers.twilio:TwilioProvider"),
+        ProviderSpec("vonage", "sms", "vonage", "otpd.providers.vonage:VonageProvider"),
+    )
+}
+EMAIL_PROVIDERS = frozenset(n for n, s in PROVIDERS.items() if s.channel == "email")
+SMS_PROVIDERS = frozenset(n for n, s in PROVIDERS.items() if s.channel == "sms")
 
 
 def _secret() -> Any:
