@@ -22,7 +22,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from otpd.clock import SystemClock
 from otpd.config import EmailConfig, SmtpConfig
-from otpd.logging import configure_logging
+from otpd.logs import configure_logging
 from otpd.models import Channel, Message
 from otpd.providers.mime import build_email
 from otpd.providers.smtp import SmtpProvider

@@ -1,5 +1,6 @@
 """What the SES and SNS providers share: one aiobotocore client kept open for the daemon's
-life, DNS resolved without threads, and the botocore errors that mean the same for both."""
+life, DNS resolved without threads, and one error classification around each service's own
+table (the botocore errors that mean the same for both, and the fallback for the rest)."""
 
 from __future__ import annotations
 
@@ -123,10 +124,14 @@ class AwsProvider(Provider):
     ``connector_args``): aiobotocore's default is aiohttp's resolver, which runs
     ``getaddrinfo`` on a thread. botocore's own retries are off: a retried send can
     deliver twice, and retrying belongs to the dispatcher.
+
+    Errors are classified in one order for every service: the subclass's own
+    :meth:`vendor_error` rules, then :func:`common_aws_error`, then any other
+    ``ClientError`` as a refused request.
     """
 
-    service: ClassVar[str]
-    config_section: ClassVar[str]
+    service: ClassVar[str]  # the boto3 service name: "sesv2", "sns"
+    label: ClassVar[str]  # the service as error messages name it: "SES", "SNS"
 
     def __init__(
         self, *, region: str, endpoint_url: str, access_key_id: str, secret_access_key: str
@@ -179,6 +184,28 @@ class AwsProvider(Provider):
         if self._stack is not None:
             stack, self._stack = self._stack, None
             await stack.aclose()
+
+    def vendor_error(self, code: str, text: str) -> DeliveryError | None:
+        """This service's own meaning of a ``ClientError`` (``text`` is its message, lower
+        case, for matching only), or ``None`` to apply the rules every AWS API shares."""
+        return None
+
+    def classify(self, exc: BaseException) -> DeliveryError:
+        if isinstance(exc, ClientError):
+            code, text, _ = client_error_parts(exc)
+            own = self.vendor_error(code, text.lower())
+            if own is not None:
+                return own
+        common = common_aws_error(exc, self.label)
+        if common is not None:
+            return common
+        if isinstance(exc, ClientError):
+            code, _, status = client_error_parts(exc)
+            return TransientDeliveryError(
+                f"{self.label} refused the request ({code or 'no code'}, HTTP {status})",
+                reason=f"{self.name}_error",
+            )
+        return super().classify(exc)
 
     async def health(self) -> dict[str, Any]:
         endpoint = self.endpoint_url

@@ -1,25 +1,38 @@
-"""The interface every delivery provider implements, real or dev."""
+"""The interface every delivery provider implements, real or dev, and what it is built from."""
 
 from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
+from otpd.clock import Clock
+from otpd.config import Config
 from otpd.errors import DeliveryError, TransientDeliveryError
 from otpd.models import Channel, Message, SendResult
+from otpd.providers.session import SharedSession
 
-__all__ = ["Provider"]
+__all__ = ["Provider", "ProviderDeps"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderDeps:
+    """Shared resources a provider may use; opened by the daemon before the chains."""
+
+    http: SharedSession
+    clock: Clock
 
 
 class Provider(ABC):
     """A way to deliver messages of one channel.
 
-    Subclasses implement :meth:`_send` and :meth:`classify`, and open and close their
-    resources in :meth:`open` / :meth:`aclose` (called by ``async with``). :meth:`send`
-    guarantees that only :class:`~otpd.errors.DeliveryError` leaves a provider, so the
-    chain can decide between failover (transient) and giving up (permanent).
+    Subclasses implement :meth:`from_config`, :meth:`_send` and :meth:`classify`, and open
+    and close their resources in :meth:`open` / :meth:`aclose` (called by ``async with``).
+    :meth:`send` guarantees that only :class:`~otpd.errors.DeliveryError` leaves a
+    provider, so the chain can decide between failover (transient) and giving up
+    (permanent).
     """
 
     name: ClassVar[str]
@@ -27,6 +40,12 @@ class Provider(ABC):
 
     def __init__(self) -> None:
         self._opened = False
+
+    @classmethod
+    def from_config(cls, config: Config, deps: ProviderDeps) -> Self:
+        """The provider as ``config`` describes it (its own section, plus the sender for
+        email), using the daemon's shared resources in ``deps``."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from config")
 
     async def __aenter__(self) -> Self:
         if self._opened:

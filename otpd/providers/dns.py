@@ -1,9 +1,9 @@
 """DNS for aiohttp without threads.
 
 aiohttp's default resolver runs ``getaddrinfo`` on the loop's thread pool, and aiodns
-runs c-ares with an event thread. otpd runs one event loop and no threads, so HTTP
-providers resolve through dnspython's pure-asyncio stub resolver instead. IP literals and
-``/etc/hosts`` entries are answered locally.
+runs c-ares with an event thread. otpd runs one event loop and no threads, so the shared
+HTTP session, the AWS clients and the SMTP pool resolve through dnspython's pure-asyncio
+stub resolver instead. IP literals and ``/etc/hosts`` entries are answered locally.
 """
 
 from __future__ import annotations

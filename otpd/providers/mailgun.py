@@ -5,16 +5,17 @@ from __future__ import annotations
 import re
 from email.headerregistry import Address
 from email.utils import make_msgid
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 
-from otpd.config import EmailConfig, MailgunConfig
-from otpd.errors import ConfigError, DeliveryError, PermanentDeliveryError
+from otpd.config import Config, EmailConfig, MailgunConfig
+from otpd.errors import DeliveryError, PermanentDeliveryError
 from otpd.models import Channel, Message, SendResult
-from otpd.providers.http import SharedSession
-from otpd.providers.httpapi import HttpApiProvider, read_json
+from otpd.providers.base import ProviderDeps
 from otpd.providers.mime import one_line
+from otpd.providers.rest import RestProvider, read_json
+from otpd.providers.session import SharedSession
 
 __all__ = ["MailgunProvider"]
 
@@ -23,24 +24,22 @@ __all__ = ["MailgunProvider"]
 _BAD_RECIPIENT = re.compile(r"""['"]?to['"]? parameter is not a valid address""", re.IGNORECASE)
 
 
-class MailgunProvider(HttpApiProvider):
+class MailgunProvider(RestProvider):
     """Sends one message per request as a form; ``200`` answers ``{"id", "message"}``."""
 
     name = "mailgun"
     channel = Channel.EMAIL
 
     def __init__(self, config: MailgunConfig, sender: EmailConfig, http: SharedSession) -> None:
-        for key in ("api_key", "domain"):
-            if not getattr(config, key):
-                raise ConfigError(
-                    f"mailgun.{key}: required when email.providers lists mailgun",
-                    details={"key": f"mailgun.{key}"},
-                )
         super().__init__(http, config.effective_base_url)
         self.domain = config.domain
         # aiohttp 3.14 deprecates BasicAuth objects; the header is the supported way.
         self._headers = {"Authorization": aiohttp.encode_basic_auth("api", config.api_key)}
         self.sender = sender
+
+    @classmethod
+    def from_config(cls, config: Config, deps: ProviderDeps) -> Self:
+        return cls(config.mailgun, config.email, deps.http)
 
     def form(self, message: Message) -> dict[str, str]:
         """The form fields of the Messages request for ``message``."""

@@ -1,106 +1,42 @@
-"""Provider names in config -> provider objects. Real providers are imported lazily so
-the dev daemon does not pay for SDKs it does not use."""
+"""Provider names in config -> provider objects, through the one table in
+:data:`otpd.config.PROVIDERS`. Each class is imported only when configured, so the dev
+daemon does not pay for SDKs it does not use."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import importlib
 
-from otpd.clock import Clock
-from otpd.config import Config
+from otpd.config import PROVIDERS, Config, ProviderSpec
 from otpd.models import Channel
-from otpd.providers.base import Provider
-from otpd.providers.http import SharedSession
+from otpd.providers.base import Provider, ProviderDeps
 
-__all__ = ["ProviderDeps", "build_providers"]
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderDeps:
-    """Shared resources a provider may use; opened by the daemon before the chains."""
-
-    http: SharedSession
-    clock: Clock
+# ProviderDeps is re-exported: it is what build_providers takes, next to the config.
+__all__ = ["ProviderDeps", "build_providers", "provider_class"]
 
 
-Factory = Callable[[Config, ProviderDeps], Provider]
-
-
-def _outbox(config: Config, deps: ProviderDeps) -> Provider:
-    from otpd.providers.outbox import OutboxEmailProvider
-
-    return OutboxEmailProvider(config.outbox.dir, config.email)
-
-
-def _console(config: Config, deps: ProviderDeps) -> Provider:
-    from otpd.providers.outbox import ConsoleSmsProvider
-
-    return ConsoleSmsProvider(config.outbox.dir)
-
-
-def _smtp(config: Config, deps: ProviderDeps) -> Provider:
-    from otpd.providers.smtp import SmtpProvider
-
-    return SmtpProvider(config.smtp, config.email, deps.clock)
-
-
-def _ses(config: Config, deps: ProviderDeps) -> Provider:
-    from otpd.providers.ses import SesProvider
-
-    return SesProvider(config.ses, config.email)
-
-
-def _sns(config: Config, deps: ProviderDeps) -> Provider:
-    from otpd.providers.sns import SnsProvider
-
-    return SnsProvider(config.sns)
-
-
-def _sendgrid(config: Config, deps: ProviderDeps) -> Provider:
-    from otpd.providers.sendgrid import SendgridProvider
-
-    return SendgridProvider(config.sendgrid, config.email, deps.http)
-
-
-def _mailgun(config: Config, deps: ProviderDeps) -> Provider:
-    from otpd.providers.mailgun import MailgunProvider
-
-    return MailgunProvider(config.mailgun, config.email, deps.http)
-
-
-def _twilio(config: Config, deps: ProviderDeps) -> Provider:
-    from otpd.providers.twilio import TwilioProvider
-
-    return TwilioProvider(config.twilio, deps.http)
-
-
-def _vonage(config: Config, deps: ProviderDeps) -> Provider:
-    from otpd.providers.vonage import VonageProvider
-
-    return VonageProvider(config.vonage, deps.http)
-
-
-EMAIL_FACTORIES: dict[str, Factory] = {
-    "outbox": _outbox,
-    "smtp": _smtp,
-    "ses": _ses,
-    "sendgrid": _sendgrid,
-    "mailgun": _mailgun,
-}
-
-SMS_FACTORIES: dict[str, Factory] = {
-    "console": _console,
-    "sns": _sns,
-    "twilio": _twilio,
-    "vonage": _vonage,
-}
+def provider_class(spec: ProviderSpec) -> type[Provider]:
+    """Import the class ``spec.target`` (``module:Class``) names, checking that it is a
+    :class:`Provider` of the spec's name and channel."""
+    module_name, _, class_name = spec.target.partition(":")
+    found = getattr(importlib.import_module(module_name), class_name, None)
+    if not (isinstance(found, type) and issubclass(found, Provider)):
+        raise TypeError(f"provider {spec.name!r}: {spec.target} is not a Provider class")
+    if found.name != spec.name or found.channel.value != spec.channel:
+        raise TypeError(
+            f"provider {spec.name!r}: {spec.target} is the {found.channel.value} provider "
+            f"{found.name!r}, not the {spec.channel} provider {spec.name!r}"
+        )
+    return found
 
 
 def build_providers(channel: Channel, config: Config, deps: ProviderDeps) -> list[Provider]:
     """The providers of ``channel`` in the configured chain order."""
     names = config.email.providers if channel is Channel.EMAIL else config.sms.providers
-    factories = EMAIL_FACTORIES if channel is Channel.EMAIL else SMS_FACTORIES
-    missing = [n for n in names if n not in factories]
-    if missing:
-        raise NotImplementedError(f"{channel} providers not available in this build: {missing}")
-    return [factories[name](config, deps) for name in names]
+    providers: list[Provider] = []
+    for name in names:
+        spec = PROVIDERS.get(name)
+        if spec is None or spec.channel != channel.value:
+            # config validation rejects these names; this guards configs built around it
+            raise ValueError(f"{name!r} is not a known {channel.value} provider")
+        providers.append(provider_class(spec).from_config(config, deps))
+    return providers

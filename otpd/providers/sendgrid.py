@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import re
 from email.utils import make_msgid
-from typing import Any
+from typing import Any, Self
 
-from otpd.config import EmailConfig, SendgridConfig
-from otpd.errors import ConfigError, DeliveryError, PermanentDeliveryError
+from otpd.config import Config, EmailConfig, SendgridConfig
+from otpd.errors import DeliveryError, PermanentDeliveryError
 from otpd.models import Channel, Message, SendResult
-from otpd.providers.http import SharedSession
-from otpd.providers.httpapi import HttpApiProvider, read_json
+from otpd.providers.base import ProviderDeps
 from otpd.providers.mime import one_line
+from otpd.providers.rest import RestProvider, read_json
+from otpd.providers.session import SharedSession
 
 __all__ = ["SendgridProvider"]
 
@@ -19,21 +20,20 @@ __all__ = ["SendgridProvider"]
 _RECIPIENT_FIELD = re.compile(r"personalizations\.\d+\.to(\.\d+(\.email)?)?")
 
 
-class SendgridProvider(HttpApiProvider):
+class SendgridProvider(RestProvider):
     """Sends one message per request; ``202 Accepted`` carries ``X-Message-Id``."""
 
     name = "sendgrid"
     channel = Channel.EMAIL
 
     def __init__(self, config: SendgridConfig, sender: EmailConfig, http: SharedSession) -> None:
-        if not config.api_key:
-            raise ConfigError(
-                "sendgrid.api_key: required when email.providers lists sendgrid",
-                details={"key": "sendgrid.api_key"},
-            )
         super().__init__(http, config.base_url)
         self._headers = {"Authorization": f"Bearer {config.api_key}"}
         self.sender = sender
+
+    @classmethod
+    def from_config(cls, config: Config, deps: ProviderDeps) -> Self:
+        return cls(config.sendgrid, config.email, deps.http)
 
     def payload(self, message: Message) -> dict[str, Any]:
         """The Mail Send request body for ``message``."""

@@ -7,14 +7,13 @@ include the original headers.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
-from botocore.exceptions import ClientError
-
-from otpd.config import EmailConfig, SesConfig
+from otpd.config import Config, EmailConfig, SesConfig
 from otpd.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from otpd.models import Channel, Message, SendResult
-from otpd.providers.aws import AwsProvider, client_error_parts, common_aws_error
+from otpd.providers.aws import AwsProvider
+from otpd.providers.base import ProviderDeps
 from otpd.providers.mime import build_email
 
 __all__ = ["SesProvider"]
@@ -42,7 +41,7 @@ class SesProvider(AwsProvider):
     name = "ses"
     channel = Channel.EMAIL
     service = "sesv2"
-    config_section = "ses"
+    label = "SES"
 
     def __init__(self, config: SesConfig, sender: EmailConfig) -> None:
         super().__init__(
@@ -53,6 +52,10 @@ class SesProvider(AwsProvider):
         )
         self.config = config
         self.sender = sender
+
+    @classmethod
+    def from_config(cls, config: Config, deps: ProviderDeps) -> Self:
+        return cls(config.ses, config.email)
 
     async def _send(self, message: Message) -> SendResult:
         email = build_email(message, self.sender)
@@ -67,38 +70,27 @@ class SesProvider(AwsProvider):
         response = await self.client.send_email(**request)
         return SendResult(self.name, str(response["MessageId"]))
 
-    def classify(self, exc: BaseException) -> DeliveryError:
-        if isinstance(exc, ClientError):
-            code, text, _ = client_error_parts(exc)
-            text = text.lower()
-            if code == "MessageRejected":
-                if any(hint in text for hint in _IDENTITY_HINTS):
-                    return TransientDeliveryError(
-                        "SES refused the sender identity (MessageRejected)",
-                        reason="ses_identity_not_verified",
-                    )
-                if any(hint in text for hint in _RECIPIENT_HINTS):
-                    return PermanentDeliveryError(
-                        "SES rejected the recipient (MessageRejected)",
-                        reason="ses_message_rejected",
-                    )
+    def vendor_error(self, code: str, text: str) -> DeliveryError | None:
+        if code == "MessageRejected":
+            if any(hint in text for hint in _IDENTITY_HINTS):
                 return TransientDeliveryError(
-                    "SES rejected the message (MessageRejected)", reason="ses_content_rejected"
+                    "SES refused the sender identity (MessageRejected)",
+                    reason="ses_identity_not_verified",
                 )
-            if code in ("InvalidParameterValue", "BadRequestException") and any(
-                hint in text for hint in _RECIPIENT_HINTS
-            ):
+            if any(hint in text for hint in _RECIPIENT_HINTS):
                 return PermanentDeliveryError(
-                    f"SES refused the recipient address ({code})", reason="invalid_recipient"
+                    "SES rejected the recipient (MessageRejected)",
+                    reason="ses_message_rejected",
                 )
-            if code in _TRANSIENT_CODES:
-                return TransientDeliveryError(f"SES: {code}", reason=_TRANSIENT_CODES[code])
-        common = common_aws_error(exc, "SES")
-        if common is not None:
-            return common
-        if isinstance(exc, ClientError):
-            code, _, status = client_error_parts(exc)
             return TransientDeliveryError(
-                f"SES refused the request ({code or 'no code'}, HTTP {status})", reason="ses_error"
+                "SES rejected the message (MessageRejected)", reason="ses_content_rejected"
             )
-        return super().classify(exc)
+        if code in ("InvalidParameterValue", "BadRequestException") and any(
+            hint in text for hint in _RECIPIENT_HINTS
+        ):
+            return PermanentDeliveryError(
+                f"SES refused the recipient address ({code})", reason="invalid_recipient"
+            )
+        if code in _TRANSIENT_CODES:
+            return TransientDeliveryError(f"SES: {code}", reason=_TRANSIENT_CODES[code])
+        return None

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
-from botocore.exceptions import ClientError
-
-from otpd.config import SnsConfig
+from otpd.config import Config, SnsConfig
 from otpd.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from otpd.models import Channel, Message, SendResult
-from otpd.providers.aws import AwsProvider, client_error_parts, common_aws_error
+from otpd.providers.aws import AwsProvider
+from otpd.providers.base import ProviderDeps
 
 __all__ = ["SnsProvider"]
 
@@ -23,7 +22,7 @@ class SnsProvider(AwsProvider):
     name = "sns"
     channel = Channel.SMS
     service = "sns"
-    config_section = "sns"
+    label = "SNS"
 
     def __init__(self, config: SnsConfig) -> None:
         super().__init__(
@@ -44,38 +43,31 @@ class SnsProvider(AwsProvider):
             }
         self.attributes = attributes
 
+    @classmethod
+    def from_config(cls, config: Config, deps: ProviderDeps) -> Self:
+        return cls(config.sns)
+
     async def _send(self, message: Message) -> SendResult:
         response: dict[str, Any] = await self.client.publish(
             PhoneNumber=message.to, Message=message.text, MessageAttributes=self.attributes
         )
         return SendResult(self.name, str(response["MessageId"]))
 
-    def classify(self, exc: BaseException) -> DeliveryError:
-        if isinstance(exc, ClientError):
-            code, text, _ = client_error_parts(exc)
-            text = text.lower()
-            if code in _INVALID_PARAMETER_CODES:
-                if "opted out" in text or "opted-out" in text:
-                    return PermanentDeliveryError(
-                        f"SNS: the number has opted out ({code})", reason="opted_out"
-                    )
-                if "phone" in text:
-                    return PermanentDeliveryError(
-                        f"SNS refused the phone number ({code})", reason="invalid_recipient"
-                    )
-                return TransientDeliveryError(
-                    f"SNS refused a parameter ({code})", reason="sns_invalid_parameter"
+    def vendor_error(self, code: str, text: str) -> DeliveryError | None:
+        if code in _INVALID_PARAMETER_CODES:
+            if "opted out" in text or "opted-out" in text:
+                return PermanentDeliveryError(
+                    f"SNS: the number has opted out ({code})", reason="opted_out"
                 )
-            if code == "KMSThrottling":
-                return TransientDeliveryError("SNS throttled (KMSThrottling)", reason="throttled")
-            if code.startswith("KMS"):
-                return TransientDeliveryError(f"SNS: {code}", reason="sns_kms")
-        common = common_aws_error(exc, "SNS")
-        if common is not None:
-            return common
-        if isinstance(exc, ClientError):
-            code, _, status = client_error_parts(exc)
+            if "phone" in text:
+                return PermanentDeliveryError(
+                    f"SNS refused the phone number ({code})", reason="invalid_recipient"
+                )
             return TransientDeliveryError(
-                f"SNS refused the request ({code or 'no code'}, HTTP {status})", reason="sns_error"
+                f"SNS refused a parameter ({code})", reason="sns_invalid_parameter"
             )
-        return super().classify(exc)
+        if code == "KMSThrottling":
+            return TransientDeliveryError("SNS throttled (KMSThrottling)", reason="throttled")
+        if code.startswith("KMS"):
+            return TransientDeliveryError(f"SNS: {code}", reason="sns_kms")
+        return None

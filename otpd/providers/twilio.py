@@ -5,7 +5,8 @@ so DNS goes through whatever ``aiohttp.DefaultResolver`` is: c-ares only if a re
 ``aiodns`` happens to be importable, else ``getaddrinfo`` on a thread). It takes no session
 or connector argument, but keeps the session in a plain ``session`` attribute and creates
 none with ``pool_connections=False``; so we point it at the daemon's shared session, which
-resolves with ``aiohttp.AsyncResolver`` and is closed by the daemon, not by us.
+resolves names on the event loop with :class:`~otpd.providers.dns.AsyncioResolver`
+(dnspython, no threads) and is closed by the daemon, not by us.
 
 The SDK also passes ``timeout=None`` per request when the caller gives none (it ignores its
 own ``timeout`` setting), which aiohttp reads as "no timeout at all": each call is bounded
@@ -15,17 +16,18 @@ here with :func:`asyncio.timeout` instead.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Self
 
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
-from otpd.config import TwilioConfig
-from otpd.errors import ConfigError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from otpd.config import Config, TwilioConfig
+from otpd.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from otpd.models import Channel, Message, SendResult
-from otpd.providers.http import SharedSession
-from otpd.providers.httpapi import HttpApiProvider
+from otpd.providers.base import ProviderDeps
+from otpd.providers.rest import RestProvider
+from otpd.providers.session import SharedSession
 
 __all__ = ["TwilioProvider"]
 
@@ -62,7 +64,7 @@ _TRANSIENT: dict[int, tuple[str, str]] = {
 }
 
 
-class TwilioProvider(HttpApiProvider):
+class TwilioProvider(RestProvider):
     """Creates one Message resource per SMS. ``max_retries`` is never set: the SDK would
     then retry POSTs on 5xx and could send an SMS twice; retries belong to the dispatcher."""
 
@@ -70,22 +72,15 @@ class TwilioProvider(HttpApiProvider):
     channel = Channel.SMS
 
     def __init__(self, config: TwilioConfig, http: SharedSession, *, timeout: float = 15.0) -> None:
-        for key in ("account_sid", "auth_token"):
-            if not getattr(config, key):
-                raise ConfigError(
-                    f"twilio.{key}: required when sms.providers lists twilio",
-                    details={"key": f"twilio.{key}"},
-                )
-        if not (config.from_number or config.messaging_service_sid):
-            raise ConfigError(
-                "twilio.from_number: set it or twilio.messaging_service_sid",
-                details={"key": "twilio.from_number"},
-            )
         super().__init__(http, API_BASE)
         self._config = config
         self._timeout = timeout
         self._transport: AsyncTwilioHttpClient | None = None
         self._client: Client | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, deps: ProviderDeps) -> Self:
+        return cls(config.twilio, deps.http)
 
     async def open(self) -> None:
         self._transport = AsyncTwilioHttpClient(pool_connections=False)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from otpd.config import VonageConfig
-from otpd.errors import ConfigError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from typing import Self
+
+from otpd.config import Config, VonageConfig
+from otpd.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from otpd.models import Channel, Message, SendResult
-from otpd.providers.http import SharedSession
-from otpd.providers.httpapi import HttpApiProvider, read_json
+from otpd.providers.base import ProviderDeps
+from otpd.providers.rest import RestProvider, read_json
+from otpd.providers.session import SharedSession
 
 __all__ = ["VonageProvider", "is_gsm7"]
 
@@ -65,21 +68,19 @@ def is_gsm7(text: str) -> bool:
     return all(c in _GSM7_BASIC or c in _GSM7_EXTENSION for c in text)
 
 
-class VonageProvider(HttpApiProvider):
+class VonageProvider(RestProvider):
     """Sends one SMS per request; credentials travel in the form, as the API wants."""
 
     name = "vonage"
     channel = Channel.SMS
 
     def __init__(self, config: VonageConfig, http: SharedSession) -> None:
-        for key in ("api_key", "api_secret"):
-            if not getattr(config, key):
-                raise ConfigError(
-                    f"vonage.{key}: required when sms.providers lists vonage",
-                    details={"key": f"vonage.{key}"},
-                )
         super().__init__(http, config.base_url)
         self._config = config
+
+    @classmethod
+    def from_config(cls, config: Config, deps: ProviderDeps) -> Self:
+        return cls(config.vonage, deps.http)
 
     def form(self, message: Message) -> dict[str, str]:
         """The form fields of the request for ``message``."""

@@ -9,13 +9,13 @@ import aiohttp
 import pytest
 from aioresponses import aioresponses
 
-from otpd.clock import FakeClock
-from otpd.config import VonageConfig, load_config
-from otpd.errors import ConfigError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from otpd.config import VonageConfig
+from otpd.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from otpd.models import Channel, Message
-from otpd.providers.http import SharedSession
-from otpd.providers.registry import ProviderDeps, build_providers
+from otpd.providers.session import SharedSession
 from otpd.providers.vonage import VonageProvider, is_gsm7
+from tests.providers import helpers
+from tests.providers.helpers import build_from_config, only_call, only_request
 
 BASE = "https://vonage.test"
 URL = f"{BASE}/sms/json"
@@ -26,21 +26,9 @@ MESSAGE = Message(channel=Channel.SMS, to=TO, text=f"Your code is {CODE}", tag="
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[SharedSession]:
-    async with SharedSession() as shared:
-        yield shared
-
-
-@pytest.fixture
 async def provider(http: SharedSession) -> AsyncIterator[VonageProvider]:
     async with VonageProvider(CONFIG, http) as p:
         yield p
-
-
-def only_request(mocked: Any) -> Any:
-    calls = [call for calls in mocked.requests.values() for call in calls]
-    assert len(calls) == 1
-    return calls[0]
 
 
 def answer(*statuses: str) -> dict[str, Any]:
@@ -56,16 +44,8 @@ def answer(*statuses: str) -> dict[str, Any]:
 
 
 async def send_expecting_error(provider: VonageProvider, **reply: Any) -> DeliveryError:
-    with aioresponses() as mocked:
-        mocked.post(URL, **reply)
-        with pytest.raises(DeliveryError) as caught:
-            await provider.send(MESSAGE)
-    error = caught.value
-    for text in (str(error), error.reason, repr(error.details)):
-        assert TO.lstrip("+") not in text
-        assert CODE not in text
-    assert error.provider == "vonage"
-    return error
+    hidden = (TO.lstrip("+"), CODE)
+    return await helpers.send_expecting_error(provider, URL, MESSAGE, hidden=hidden, **reply)
 
 
 async def test_posts_the_exact_form_without_the_plus_and_returns_the_message_id(
@@ -76,9 +56,9 @@ async def test_posts_the_exact_form_without_the_plus_and_returns_the_message_id(
         result = await provider.send(MESSAGE)
 
     assert (result.provider, result.message_id) == ("vonage", "0C000000210")
-    (method, url), _ = next(iter(mocked.requests.items()))
-    assert (method, str(url)) == ("POST", URL)
-    assert only_request(mocked).kwargs["data"] == {
+    method, url, call = only_request(mocked)
+    assert (method, url) == ("POST", URL)
+    assert call.kwargs["data"] == {
         "api_key": "k1",
         "api_secret": "s3cret",
         "from": "Example",
@@ -93,7 +73,7 @@ async def test_text_outside_gsm7_is_sent_as_unicode(provider: VonageProvider, te
     with aioresponses() as mocked:
         mocked.post(URL, status=200, payload=answer("0"))
         await provider.send(message)
-    assert only_request(mocked).kwargs["data"]["type"] == "unicode"
+    assert only_call(mocked).kwargs["data"]["type"] == "unicode"
 
 
 @pytest.mark.parametrize("text", ["Votre code: 493817 é à ü", "Preis: 5€ [ok] {x} ~ ^ | \\"])
@@ -190,24 +170,12 @@ async def test_network_failure_is_transient(provider: VonageProvider) -> None:
     assert error.reason == "network"
 
 
-@pytest.mark.parametrize("missing", ["api_key", "api_secret"])
-async def test_missing_credentials_fail_at_build_time_naming_the_key(
-    http: SharedSession, missing: str
-) -> None:
-    values = {"api_key": "k1", "api_secret": "s3cret", missing: ""}
-    with pytest.raises(ConfigError, match=rf"^vonage\.{missing}: "):
-        VonageProvider(VonageConfig(**values), http)
-
-
 async def test_registry_builds_vonage_with_the_from_key(http: SharedSession) -> None:
-    config = load_config(
-        data={
-            "sms": {"providers": ["vonage"]},
-            "vonage": {"api_key": "k1", "api_secret": "s3cret", "from": "Example"},
-        },
-        env={},
-    )
-    [built] = build_providers(Channel.SMS, config, ProviderDeps(http=http, clock=FakeClock()))
+    data = {
+        "sms": {"providers": ["vonage"]},
+        "vonage": {"api_key": "k1", "api_secret": "s3cret", "from": "Example"},
+    }
+    [built] = build_from_config(Channel.SMS, data, http)
     assert isinstance(built, VonageProvider)
     assert built.form(MESSAGE)["from"] == "Example"
     assert await built.health() == {"base_url": "https://rest.nexmo.com"}

@@ -1,4 +1,4 @@
-"""One aiohttp ClientSession shared by every HTTP provider, resolving DNS without threads."""
+"""One aiohttp ClientSession shared by the REST providers, resolving DNS without threads."""
 
 from __future__ import annotations
 

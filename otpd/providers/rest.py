@@ -1,4 +1,4 @@
-"""What the vendor HTTP API providers share: the session, body parsing, status mapping."""
+"""What the vendor REST API providers share: the session, body parsing, status mapping."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import aiohttp
 
 from otpd.errors import DeliveryError, TransientDeliveryError
 from otpd.providers.base import Provider
-from otpd.providers.http import SharedSession
+from otpd.providers.session import SharedSession
 
-__all__ = ["HttpApiProvider", "read_json"]
+__all__ = ["RestProvider", "read_json"]
 
 # Bodies are read to classify them, never stored; a bigger one is not an API answer.
 _MAX_BODY = 64 * 1024
@@ -28,7 +28,7 @@ async def read_json(response: aiohttp.ClientResponse) -> Any:
         return None
 
 
-class HttpApiProvider(Provider):
+class RestProvider(Provider):
     """A provider that talks to a vendor's REST API over the daemon's shared session.
 
     The session is read at send time: providers are built before the daemon opens it.

@@ -16,14 +16,13 @@ import trustme
 from aiosmtplib import SMTPResponse
 
 from otpd.clock import FakeClock
-from otpd.config import EmailConfig, SmtpConfig, load_config
+from otpd.config import EmailConfig, SmtpConfig
 from otpd.errors import ConfigError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from otpd.models import Channel, Message
-from otpd.providers.http import SharedSession
-from otpd.providers.registry import ProviderDeps, build_providers
 from otpd.providers.smtp import SmtpProvider, classify_smtp_error
 from tests.conftest import free_port
-from tests.smtp_server import Authenticator, RecordingHandler, SmtpSink
+from tests.providers.helpers import build_from_config
+from tests.providers.smtp_server import Authenticator, RecordingHandler, SmtpSink
 
 RECIPIENT = "alice@example.com"
 SENDER = EmailConfig(from_address="no-reply@otpd.test", from_name="Acme Login")
@@ -619,10 +618,8 @@ def test_classify_maps_every_smtp_error_explicitly(
 
 
 async def test_registry_builds_the_smtp_provider_from_config(clock: FakeClock) -> None:
-    config = load_config(
-        data={"email": {"providers": ["smtp", "outbox"]}, "smtp": {"pool_size": 3}}, env={}
-    )
-    providers = build_providers(Channel.EMAIL, config, ProviderDeps(SharedSession(), clock))
+    data = {"email": {"providers": ["smtp", "outbox"]}, "smtp": {"pool_size": 3}}
+    providers = build_from_config(Channel.EMAIL, data, clock=clock)
     assert [p.name for p in providers] == ["smtp", "outbox"]
     smtp = providers[0]
     assert isinstance(smtp, SmtpProvider)

@@ -11,13 +11,13 @@ import aiohttp
 import pytest
 from aioresponses import CallbackResult, aioresponses
 
-from otpd.clock import FakeClock
-from otpd.config import TwilioConfig, load_config
-from otpd.errors import ConfigError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from otpd.config import TwilioConfig
+from otpd.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from otpd.models import Channel, Message
-from otpd.providers.http import SharedSession
-from otpd.providers.registry import ProviderDeps, build_providers
+from otpd.providers.session import SharedSession
 from otpd.providers.twilio import TwilioProvider
+from tests.providers import helpers
+from tests.providers.helpers import build_from_config, only_request
 
 SID = "AC" + "0123456789abcdef" * 2
 API = re.compile(r"^https://api\.twilio\.com/2010-04-01/Accounts/AC[0-9a-f]{32}/Messages\.json$")
@@ -29,21 +29,9 @@ CREATED = {"sid": "SM" + "f" * 32, "status": "queued", "to": TO, "account_sid": 
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[SharedSession]:
-    async with SharedSession() as shared:
-        yield shared
-
-
-@pytest.fixture
 async def provider(http: SharedSession) -> AsyncIterator[TwilioProvider]:
     async with TwilioProvider(CONFIG, http) as p:
         yield p
-
-
-def only_request(mocked: Any) -> tuple[str, str, Any]:
-    calls = [(m, str(u), c) for (m, u), cs in mocked.requests.items() for c in cs]
-    assert len(calls) == 1
-    return calls[0]
 
 
 def twilio_error(code: int, status: int) -> dict[str, Any]:
@@ -56,17 +44,9 @@ def twilio_error(code: int, status: int) -> dict[str, Any]:
 
 
 async def send_expecting_error(provider: TwilioProvider, **reply: Any) -> DeliveryError:
-    with aioresponses() as mocked:
-        mocked.post(API, **reply)
-        with pytest.raises(DeliveryError) as caught:
-            await provider.send(MESSAGE)
-    error = caught.value
     # Twilio's own messages quote the number: none of it may reach our error
-    for text in (str(error), error.reason, repr(error.details)):
-        assert TO.lstrip("+") not in text
-        assert CODE not in text
-    assert error.provider == "twilio"
-    return error
+    hidden = (TO.lstrip("+"), CODE)
+    return await helpers.send_expecting_error(provider, API, MESSAGE, hidden=hidden, **reply)
 
 
 async def test_creates_a_message_with_the_exact_form_and_returns_its_sid(
@@ -213,29 +193,11 @@ async def test_a_hanging_request_times_out_as_transient(http: SharedSession) -> 
     assert error.reason == "timeout"
 
 
-@pytest.mark.parametrize(
-    ("values", "key"),
-    [
-        ({"auth_token": "tok", "from_number": "+14155550100"}, "account_sid"),
-        ({"account_sid": SID, "from_number": "+14155550100"}, "auth_token"),
-        ({"account_sid": SID, "auth_token": "tok"}, "from_number"),
-    ],
-)
-async def test_incomplete_config_fails_at_build_time_naming_the_key(
-    http: SharedSession, values: dict[str, str], key: str
-) -> None:
-    with pytest.raises(ConfigError, match=rf"^twilio\.{key}: "):
-        TwilioProvider(TwilioConfig(**values), http)
-
-
 async def test_registry_builds_twilio_from_config(http: SharedSession) -> None:
-    config = load_config(
-        data={
-            "sms": {"providers": ["twilio", "console"]},
-            "twilio": {"account_sid": SID, "auth_token": "tok", "from_number": "+14155550100"},
-        },
-        env={},
-    )
-    built = build_providers(Channel.SMS, config, ProviderDeps(http=http, clock=FakeClock()))
+    data = {
+        "sms": {"providers": ["twilio", "console"]},
+        "twilio": {"account_sid": SID, "auth_token": "tok", "from_number": "+14155550100"},
+    }
+    built = build_from_config(Channel.SMS, data, http)
     assert [p.name for p in built] == ["twilio", "console"]
     assert await built[0].health() == {"base_url": "https://api.twilio.com", "open": False}

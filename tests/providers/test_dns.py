@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from otpd.providers.dns import AsyncioResolver, read_hosts
-from otpd.providers.http import SharedSession
+from otpd.providers.session import SharedSession
 
 
 class _DnsServer(asyncio.DatagramProtocol):

@@ -11,13 +11,13 @@ import aiohttp
 import pytest
 from aioresponses import aioresponses
 
-from otpd.clock import FakeClock
-from otpd.config import EmailConfig, MailgunConfig, load_config
-from otpd.errors import ConfigError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from otpd.config import EmailConfig, MailgunConfig
+from otpd.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from otpd.models import Channel, Message
-from otpd.providers.http import SharedSession
 from otpd.providers.mailgun import MailgunProvider
-from otpd.providers.registry import ProviderDeps, build_providers
+from otpd.providers.session import SharedSession
+from tests.providers import helpers
+from tests.providers.helpers import build_from_config, only_call, only_request
 
 BASE = "https://mailgun.test"
 URL = f"{BASE}/v3/mg.example.org/messages"
@@ -40,34 +40,13 @@ MSGID = re.compile(r"<[^<>@\s]+@mail\.example\.org>")
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[SharedSession]:
-    async with SharedSession() as shared:
-        yield shared
-
-
-@pytest.fixture
 async def provider(http: SharedSession) -> AsyncIterator[MailgunProvider]:
     async with MailgunProvider(CONFIG, SENDER, http) as p:
         yield p
 
 
-def only_request(mocked: Any) -> Any:
-    calls = [call for calls in mocked.requests.values() for call in calls]
-    assert len(calls) == 1
-    return calls[0]
-
-
 async def send_expecting_error(provider: MailgunProvider, **reply: Any) -> DeliveryError:
-    with aioresponses() as mocked:
-        mocked.post(URL, **reply)
-        with pytest.raises(DeliveryError) as caught:
-            await provider.send(MESSAGE)
-    error = caught.value
-    for text in (str(error), error.reason, repr(error.details)):
-        assert TO not in text
-        assert CODE not in text
-    assert error.provider == "mailgun"
-    return error
+    return await helpers.send_expecting_error(provider, URL, MESSAGE, hidden=(TO, CODE), **reply)
 
 
 async def test_posts_the_exact_form_with_basic_auth_and_returns_the_mailgun_id(
@@ -79,9 +58,8 @@ async def test_posts_the_exact_form_with_basic_auth_and_returns_the_mailgun_id(
         result = await provider.send(MESSAGE)
 
     assert (result.provider, result.message_id) == ("mailgun", "<20261122.1@mg.example.org>")
-    (method, url), _ = next(iter(mocked.requests.items()))
-    assert (method, str(url)) == ("POST", URL)
-    call = only_request(mocked)
+    method, url, call = only_request(mocked)
+    assert (method, url) == ("POST", URL)
     assert call.kwargs["headers"] == {
         "Authorization": "Basic " + base64.b64encode(b"api:key-abc").decode()
     }
@@ -108,7 +86,7 @@ async def test_leaves_out_reply_to_and_html_and_quotes_the_sender_name(
             mocked.post(URL, status=200, payload={"id": "<1@mg>", "message": "Queued."})
             await p.send(message)
 
-    form = only_request(mocked).kwargs["data"]
+    form = only_call(mocked).kwargs["data"]
     assert sorted(form) == ["from", "h:Message-Id", "subject", "text", "to"]
     assert form["from"] == '"Example, Inc." <no-reply@mail.example.org>'
     assert form["subject"] == "Hi Bcc: x"
@@ -169,29 +147,12 @@ async def test_network_failure_is_transient(provider: MailgunProvider) -> None:
     assert error.reason == "network"
 
 
-@pytest.mark.parametrize(
-    ("config", "missing"),
-    [
-        (MailgunConfig(domain="mg.example.org"), "api_key"),
-        (MailgunConfig(api_key="key-abc"), "domain"),
-    ],
-)
-async def test_missing_key_fails_at_build_time_naming_the_key(
-    http: SharedSession, config: MailgunConfig, missing: str
-) -> None:
-    with pytest.raises(ConfigError, match=rf"^mailgun\.{missing}: "):
-        MailgunProvider(config, SENDER, http)
-
-
 async def test_registry_builds_mailgun_from_config(http: SharedSession) -> None:
-    config = load_config(
-        data={
-            "email": {"providers": ["mailgun"]},
-            "mailgun": {"api_key": "key-abc", "domain": "mg.example.org"},
-        },
-        env={},
-    )
-    [built] = build_providers(Channel.EMAIL, config, ProviderDeps(http=http, clock=FakeClock()))
+    data = {
+        "email": {"providers": ["mailgun"]},
+        "mailgun": {"api_key": "key-abc", "domain": "mg.example.org"},
+    }
+    [built] = build_from_config(Channel.EMAIL, data, http)
     assert isinstance(built, MailgunProvider)
     assert await built.health() == {
         "base_url": "https://api.mailgun.net",

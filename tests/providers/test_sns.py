@@ -12,16 +12,14 @@ from urllib.parse import parse_qs
 import pytest
 from botocore.exceptions import ClientError, ConnectTimeoutError, NoCredentialsError
 
-from otpd.clock import FakeClock
 from otpd.config import SnsConfig, load_config
 from otpd.errors import ConfigError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from otpd.models import Channel, Message
-from otpd.providers.http import SharedSession
-from otpd.providers.outbox import ConsoleSmsProvider
-from otpd.providers.registry import ProviderDeps, build_providers
+from otpd.providers.dev import ConsoleSmsProvider
 from otpd.providers.sns import SnsProvider
-from tests import aws
 from tests.conftest import Moto, free_port
+from tests.providers import aws
+from tests.providers.helpers import build_from_config
 
 REGION = "ap-southeast-2"
 TO = "+14155550123"
@@ -236,10 +234,8 @@ def test_half_set_static_credentials_are_a_config_error() -> None:
 
 
 def test_registry_builds_sns_from_config() -> None:
-    config = load_config(
-        data={"sms": {"providers": ["sns", "console"]}, "sns": {"region": REGION}}, env={}
-    )
-    providers = build_providers(Channel.SMS, config, ProviderDeps(SharedSession(), FakeClock()))
+    data = {"sms": {"providers": ["sns", "console"]}, "sns": {"region": REGION}}
+    providers = build_from_config(Channel.SMS, data)
     assert [type(p) for p in providers] == [SnsProvider, ConsoleSmsProvider]
     assert isinstance(providers[0], SnsProvider)
     assert providers[0].region == REGION

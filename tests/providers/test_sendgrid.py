@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,13 +12,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from aioresponses import aioresponses
 
-from otpd.clock import FakeClock
-from otpd.config import EmailConfig, SendgridConfig, load_config
-from otpd.errors import ConfigError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from otpd.config import EmailConfig, SendgridConfig
+from otpd.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from otpd.models import Channel, Message
-from otpd.providers.http import SharedSession
-from otpd.providers.registry import ProviderDeps, build_providers
 from otpd.providers.sendgrid import SendgridProvider
+from otpd.providers.session import SharedSession
+from tests.conftest import free_port
+from tests.providers import helpers
+from tests.providers.helpers import build_from_config, only_call, only_request
 
 BASE = "https://sendgrid.test"
 URL = f"{BASE}/v3/mail/send"
@@ -41,42 +41,13 @@ MSGID = re.compile(r"<[^<>@\s]+@mail\.example\.org>")
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[SharedSession]:
-    async with SharedSession() as shared:
-        yield shared
-
-
-@pytest.fixture
 async def provider(http: SharedSession) -> AsyncIterator[SendgridProvider]:
     async with SendgridProvider(SendgridConfig(api_key="SG.k", base_url=BASE), SENDER, http) as p:
         yield p
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def only_request(mocked: Any) -> Any:
-    calls = [call for calls in mocked.requests.values() for call in calls]
-    assert len(calls) == 1
-    return calls[0]
-
-
 async def send_expecting_error(provider: SendgridProvider, **reply: Any) -> DeliveryError:
-    with aioresponses() as mocked:
-        mocked.post(URL, **reply)
-        with pytest.raises(DeliveryError) as caught:
-            await provider.send(MESSAGE)
-    error = caught.value
-    # neither the address nor the code may reach logs, health output or task records
-    for text in (str(error), error.reason, repr(error.details)):
-        assert TO not in text
-        assert CODE not in text
-    assert error.provider == "sendgrid"
-    return error
+    return await helpers.send_expecting_error(provider, URL, MESSAGE, hidden=(TO, CODE), **reply)
 
 
 async def test_posts_the_exact_v3_body_with_bearer_key_and_returns_x_message_id(
@@ -87,9 +58,8 @@ async def test_posts_the_exact_v3_body_with_bearer_key_and_returns_x_message_id(
         result = await provider.send(MESSAGE)
 
     assert (result.provider, result.message_id) == ("sendgrid", "sg-abc123")
-    (method, url), _ = next(iter(mocked.requests.items()))
-    assert (method, str(url)) == ("POST", URL)
-    call = only_request(mocked)
+    method, url, call = only_request(mocked)
+    assert (method, url) == ("POST", URL)
     assert call.kwargs["headers"] == {"Authorization": "Bearer SG.k"}
     body = call.kwargs["json"]
     message_id = body["headers"].pop("Message-ID")
@@ -116,7 +86,7 @@ async def test_leaves_out_reply_to_and_html_when_there_are_none(http: SharedSess
             result = await p.send(message)
 
     assert result.message_id == ""
-    body = only_request(mocked).kwargs["json"]
+    body = only_call(mocked).kwargs["json"]
     assert "reply_to" not in body
     assert body["content"] == [{"type": "text/plain", "value": "plain only"}]
     # header values are single lines: no injected headers through subject or name
@@ -205,24 +175,16 @@ async def test_network_failures_and_timeouts_are_transient(
     assert error.reason == reason
 
 
-async def test_missing_api_key_fails_at_build_time_naming_the_key(http: SharedSession) -> None:
-    with pytest.raises(ConfigError, match=r"^sendgrid\.api_key: "):
-        SendgridProvider(SendgridConfig(), SENDER, http)
-
-
 async def test_health_shows_the_base_url_only(provider: SendgridProvider) -> None:
     assert await provider.health() == {"base_url": BASE}
 
 
 async def test_registry_builds_sendgrid_from_config(http: SharedSession) -> None:
-    config = load_config(
-        data={
-            "email": {"providers": ["sendgrid", "outbox"]},
-            "sendgrid": {"api_key": "SG.k", "base_url": BASE + "/"},
-        },
-        env={},
-    )
-    built = build_providers(Channel.EMAIL, config, ProviderDeps(http=http, clock=FakeClock()))
+    data = {
+        "email": {"providers": ["sendgrid", "outbox"]},
+        "sendgrid": {"api_key": "SG.k", "base_url": BASE + "/"},
+    }
+    built = build_from_config(Channel.EMAIL, data, http)
     assert [p.name for p in built] == ["sendgrid", "outbox"]
     assert isinstance(built[0], SendgridProvider)
     assert built[0].base_url == BASE
@@ -257,7 +219,7 @@ async def test_delivers_through_a_real_local_http_server(http: SharedSession) ->
 async def test_refused_connection_on_the_real_path_is_transient_network(
     http: SharedSession,
 ) -> None:
-    config = SendgridConfig(api_key="SG.k", base_url=f"http://127.0.0.1:{closed_port()}")
+    config = SendgridConfig(api_key="SG.k", base_url=f"http://127.0.0.1:{free_port()}")
     async with SendgridProvider(config, SENDER, http) as provider:
         with pytest.raises(TransientDeliveryError) as caught:
             await provider.send(MESSAGE)

@@ -1,4 +1,6 @@
-"""Dev delivery: emails become ``.eml`` files and SMS ``.txt`` files in one directory."""
+"""Dev delivery into one directory (``outbox.dir``): :class:`OutboxEmailProvider` writes
+each email as an ``.eml`` file, :class:`ConsoleSmsProvider` each SMS as a ``.txt`` file
+and logs a masked line."""
 
 from __future__ import annotations
 
@@ -6,13 +8,13 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import structlog
 
-from otpd.config import EmailConfig
+from otpd.config import Config, EmailConfig
 from otpd.models import Channel, Message, SendResult
-from otpd.providers.base import Provider
+from otpd.providers.base import Provider, ProviderDeps
 from otpd.providers.mime import build_email
 from otpd.redaction import mask_phone
 
@@ -54,6 +56,10 @@ class OutboxEmailProvider(_OutboxBase):
         super().__init__(directory)
         self.sender = sender
 
+    @classmethod
+    def from_config(cls, config: Config, deps: ProviderDeps) -> Self:
+        return cls(config.outbox.dir, config.email)
+
     async def _send(self, message: Message) -> SendResult:
         email = build_email(message, self.sender)
         path = _write(self.directory, ".eml", message.tag, email.as_bytes())
@@ -65,6 +71,10 @@ class ConsoleSmsProvider(_OutboxBase):
 
     name = "console"
     channel = Channel.SMS
+
+    @classmethod
+    def from_config(cls, config: Config, deps: ProviderDeps) -> Self:
+        return cls(config.outbox.dir)
 
     async def _send(self, message: Message) -> SendResult:
         data = f"To: {message.to}\nTag: {message.tag}\n\n{message.text}\n".encode()

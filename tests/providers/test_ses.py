@@ -27,12 +27,11 @@ from otpd.errors import ConfigError, DeliveryError, PermanentDeliveryError, Tran
 from otpd.metrics import Metrics
 from otpd.models import Channel, Message
 from otpd.providers.chain import ProviderChain
-from otpd.providers.http import SharedSession
-from otpd.providers.outbox import OutboxEmailProvider
-from otpd.providers.registry import ProviderDeps, build_providers
+from otpd.providers.dev import OutboxEmailProvider
 from otpd.providers.ses import SesProvider
-from tests import aws
 from tests.conftest import Moto, free_port
+from tests.providers import aws
+from tests.providers.helpers import build_from_config
 
 REGION = "eu-west-1"
 TO = "jane.doe@example.com"
@@ -324,10 +323,8 @@ def test_half_set_static_credentials_are_a_config_error() -> None:
 
 
 def test_registry_builds_ses_from_config() -> None:
-    config = load_config(
-        data={"email": {"providers": ["ses", "outbox"]}, "ses": {"region": REGION}}, env={}
-    )
-    providers = build_providers(Channel.EMAIL, config, ProviderDeps(SharedSession(), FakeClock()))
+    data = {"email": {"providers": ["ses", "outbox"]}, "ses": {"region": REGION}}
+    providers = build_from_config(Channel.EMAIL, data)
     assert [type(p) for p in providers] == [SesProvider, OutboxEmailProvider]
     assert isinstance(providers[0], SesProvider)
     assert providers[0].region == REGION
