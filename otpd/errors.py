@@ -19,6 +19,7 @@ errors to responses::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
@@ -50,9 +51,33 @@ class OtpdError(Exception):
 
 
 class ConfigError(OtpdError, ValueError):
-    """The configuration is invalid; the message names the offending key."""
+    """The configuration is invalid; the message names the offending key.
+
+    ``problems`` lists every problem found in one pass as ``"key: what is wrong"`` lines
+    (``details["key"]`` is the first key), so one run of ``otpd check-config`` shows them all.
+    """
 
     code = "config_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        problems: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message, details=details)
+        self.problems: tuple[str, ...] = problems or (message,)
+
+    @classmethod
+    def from_problems(cls, problems: Sequence[Any]) -> ConfigError:
+        """One error for several problems (objects with ``key`` and ``text``)."""
+        lines = tuple(f"{p.key}: {p.text}" for p in problems)
+        return cls(
+            "; ".join(lines),
+            details={"key": problems[0].key, "keys": [p.key for p in problems]},
+            problems=lines,
+        )
 
 
 class ValidationError(OtpdError, ValueError):

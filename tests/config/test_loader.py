@@ -14,7 +14,7 @@ from otpd.config import ApiKey, Config, load_config, masked_config
 from otpd.crypto import api_key_digest
 from otpd.errors import ConfigError
 
-REPO_CONFIG = Path(__file__).resolve().parents[1] / "config.toml"
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "config.toml"
 SECRET = "x" * 40
 DIGEST = api_key_digest("some-api-key")
 
@@ -240,6 +240,11 @@ def production(**overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "links": {"base_url": "https://app.example.com"},
         "email": {"providers": ["smtp"]},
         "sms": {"providers": ["twilio"]},
+        "twilio": {
+            "account_sid": "AC" + "0" * 32,
+            "auth_token": "t",
+            "from_number": "+15005550006",
+        },
     }
     for section, values in overrides.items():
         data[section] = {**data[section], **values}

@@ -1,0 +1,126 @@
+"""The whole configuration, and the rules that span sections (production, exposure,
+what each configured provider needs). Everything ``otpd serve`` refuses is refused here."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from otpd.config.checks import Problem, is_loopback, raise_problems
+from otpd.config.sections import (
+    AuthConfig,
+    BreakerConfig,
+    DispatchConfig,
+    EmailConfig,
+    LinksConfig,
+    LoggingConfig,
+    OtpConfig,
+    OutboxConfig,
+    ProductConfig,
+    SecurityConfig,
+    ServerConfig,
+    SmsConfig,
+    StoreConfig,
+    TokensConfig,
+)
+from otpd.config.vendors import (
+    PROVIDERS,
+    MailgunConfig,
+    SendgridConfig,
+    SesConfig,
+    SmtpConfig,
+    SnsConfig,
+    TwilioConfig,
+    VonageConfig,
+)
+
+__all__ = ["Config", "exposure_problem"]
+
+
+def exposure_problem(host: str, has_keys: bool) -> Problem | None:
+    """Without API keys otpd serves only on loopback: the one place this rule lives."""
+    if has_keys or is_loopback(host):
+        return None
+    return Problem(
+        "auth.keys",
+        "no API keys configured; without keys otpd serves only on a loopback address "
+        f"(server.host is {host!r})",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole effective configuration."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    otp: OtpConfig = field(default_factory=OtpConfig)
+    dispatch: DispatchConfig = field(default_factory=DispatchConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    email: EmailConfig = field(default_factory=EmailConfig)
+    sms: SmsConfig = field(default_factory=SmsConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    ses: SesConfig = field(default_factory=SesConfig)
+    sendgrid: SendgridConfig = field(default_factory=SendgridConfig)
+    mailgun: MailgunConfig = field(default_factory=MailgunConfig)
+    sns: SnsConfig = field(default_factory=SnsConfig)
+    twilio: TwilioConfig = field(default_factory=TwilioConfig)
+    vonage: VonageConfig = field(default_factory=VonageConfig)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    links: LinksConfig = field(default_factory=LinksConfig)
+    tokens: TokensConfig = field(default_factory=TokensConfig)
+    product: ProductConfig = field(default_factory=ProductConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self) -> None:
+        raise_problems(self.problems())
+
+    def problems(self) -> Iterator[Problem]:
+        """Every rule that spans sections, in the order an operator would fix them."""
+        if self.server.env == "production":
+            yield from self._production()
+        exposed = exposure_problem(self.server.host, bool(self.auth.keys))
+        if exposed is not None:
+            yield exposed
+        for name in (*self.email.providers, *self.sms.providers):
+            if name not in PROVIDERS:
+                continue  # reported by the section itself
+            section = getattr(self, PROVIDERS[name].section)
+            when_used = getattr(section, "when_used", None)
+            if when_used is not None:
+                yield from when_used()
+
+    def _production(self) -> Iterator[Problem]:
+        def need(ok: bool, key: str, text: str) -> Iterator[Problem]:
+            if not ok:
+                yield Problem(key, text)
+
+        yield from need(
+            bool(self.security.secret_key), "security.secret_key", "required in production"
+        )
+        yield from need(bool(self.auth.keys), "auth.keys", "production needs at least one API key")
+        yield from need(self.store.backend != "memory", "store.backend", "production needs redis")
+        yield from need(
+            self.links.base_url.startswith("https://"),
+            "links.base_url",
+            "must be https:// in production",
+        )
+        for key in ("success_url", "failure_url"):
+            url = getattr(self.links, key)
+            yield from need(
+                not url or url.startswith("https://"), f"links.{key}", "https:// in production"
+            )
+        yield from need(
+            "outbox" not in self.email.providers, "email.providers", "no outbox in production"
+        )
+        yield from need(
+            "console" not in self.sms.providers, "sms.providers", "no console in production"
+        )
+
+    def with_overrides(self, **sections: Any) -> Config:
+        """A copy with some sections replaced by keyword: ``cfg.with_overrides(otp=...)``."""
+        return dataclasses.replace(self, **sections)

@@ -1,0 +1,315 @@
+"""The sections of otpd's own settings, one frozen dataclass each, checked on creation."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from otpd.config.checks import Checks, secret
+from otpd.config.vendors import EMAIL_PROVIDERS, SMS_PROVIDERS
+
+__all__ = [
+    "ApiKey",
+    "AuthConfig",
+    "BreakerConfig",
+    "DispatchConfig",
+    "EmailConfig",
+    "LinksConfig",
+    "LoggingConfig",
+    "OtpConfig",
+    "OutboxConfig",
+    "ProductConfig",
+    "SecurityConfig",
+    "ServerConfig",
+    "SmsConfig",
+    "StoreConfig",
+    "TokensConfig",
+]
+
+_URL = ("http://", "https://")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    env: Literal["dev", "production"] = "dev"
+    max_body_bytes: int = 65536
+
+    def __post_init__(self) -> None:
+        c = Checks("server")
+        c.need(0 <= self.port <= 65535, "port", "must be between 0 and 65535")
+        c.need(1024 <= self.max_body_bytes <= 1 << 20, "max_body_bytes", "1 KiB to 1 MiB")
+        c.done()
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "otpd:"
+    max_connections: int = 50
+    pool_timeout_seconds: float = 2.0
+    socket_timeout_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        c = Checks("store")
+        c.need(
+            self.redis_url.startswith(("redis://", "rediss://", "unix://")),
+            "redis_url",
+            "must start with redis://, rediss:// or unix://",
+        )
+        c.need(
+            re.fullmatch(r"[A-Za-z0-9:_.\-]{0,64}", self.key_prefix) is not None,
+            "key_prefix",
+            "letters, digits and : _ . - only, at most 64",
+        )
+        c.positive(self.max_connections, "max_connections")
+        c.positive(self.pool_timeout_seconds, "pool_timeout_seconds")
+        c.positive(self.socket_timeout_seconds, "socket_timeout_seconds")
+        c.done()
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    secret_key: str = secret()
+
+    def __post_init__(self) -> None:
+        c = Checks("security")
+        c.need(
+            not self.secret_key or len(self.secret_key) >= 32,
+            "secret_key",
+            "must be at least 32 characters (make one: "
+            "python -c 'import secrets; print(secrets.token_urlsafe(48))')",
+        )
+        c.done()
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A caller's API key, stored as the SHA-256 hex digest of the key."""
+
+    name: str
+    sha256: str
+
+    def __post_init__(self) -> None:
+        c = Checks("auth.keys")
+        c.need(bool(self.name), "name", "must not be empty")
+        c.need(
+            re.fullmatch(r"[0-9a-f]{64}", self.sha256) is not None,
+            "sha256",
+            f"key {self.name!r}: must be 64 lowercase hex characters",
+        )
+        c.done()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    keys: tuple[ApiKey, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OtpConfig:
+    length: int = 6
+    ttl_seconds: int = 600
+    max_attempts: int = 3
+    per_user_hour: int = 5
+    per_user_day: int = 10
+    per_ip_hour: int = 50
+
+    def __post_init__(self) -> None:
+        c = Checks("otp")
+        c.need(4 <= self.length <= 10, "length", "must be between 4 and 10")
+        c.need(30 <= self.ttl_seconds <= 86400, "ttl_seconds", "must be 30 to 86400")
+        c.need(1 <= self.max_attempts <= 20, "max_attempts", "must be 1 to 20")
+        for key in ("per_user_hour", "per_user_day", "per_ip_hour"):
+            c.positive(getattr(self, key), key)
+        c.done()
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchConfig:
+    workers: int = 4
+    queue_size: int = 10000
+    max_attempts: int = 5
+    backoff_base_seconds: float = 2.0
+    backoff_max_seconds: float = 300.0
+    drain_timeout_seconds: float = 10.0
+    task_ttl_seconds: int = 7 * 86400
+
+    def __post_init__(self) -> None:
+        c = Checks("dispatch")
+        c.need(1 <= self.workers <= 256, "workers", "must be 1 to 256")
+        c.positive(self.queue_size, "queue_size")
+        c.need(1 <= self.max_attempts <= 50, "max_attempts", "must be 1 to 50")
+        c.positive(self.backoff_base_seconds, "backoff_base_seconds")
+        c.need(
+            self.backoff_max_seconds >= self.backoff_base_seconds,
+            "backoff_max_seconds",
+            "must be >= dispatch.backoff_base_seconds",
+        )
+        c.need(self.drain_timeout_seconds >= 0, "drain_timeout_seconds", "must be >= 0")
+        c.positive(self.task_ttl_seconds, "task_ttl_seconds")
+        c.done()
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxConfig:
+    dir: str = "var/outbox"
+
+    def __post_init__(self) -> None:
+        c = Checks("outbox")
+        c.need(bool(self.dir), "dir", "must not be empty")
+        c.done()
+
+
+def _provider_names(c: Checks, names: tuple[str, ...], known: frozenset[str]) -> None:
+    c.need(bool(names), "providers", "must name at least one provider")
+    unknown = sorted(set(names) - known)
+    c.need(not unknown, "providers", f"unknown {unknown}; known {sorted(known)}")
+    c.need(len(set(names)) == len(names), "providers", "duplicates")
+
+
+@dataclass(frozen=True, slots=True)
+class EmailConfig:
+    providers: tuple[str, ...] = ("outbox",)
+    from_address: str = "no-reply@otpd.localhost"
+    from_name: str = "otpd"
+    reply_to: str = ""
+    templates_dir: str = ""
+    per_recipient_hour: int = 5
+    global_hour: int = 1000
+
+    def __post_init__(self) -> None:
+        c = Checks("email")
+        _provider_names(c, self.providers, EMAIL_PROVIDERS)
+        c.need("@" in self.from_address, "from_address", "must be an email address")
+        c.need(
+            not self.templates_dir or Path(self.templates_dir).is_dir(),
+            "templates_dir",
+            f"{self.templates_dir!r} is not a directory",
+        )
+        c.positive(self.per_recipient_hour, "per_recipient_hour")
+        c.positive(self.global_hour, "global_hour")
+        c.done()
+
+
+@dataclass(frozen=True, slots=True)
+class SmsConfig:
+    providers: tuple[str, ...] = ("console",)
+    per_recipient_hour: int = 5
+    allowed_countries: tuple[str, ...] = ()
+    blocked_prefixes: tuple[str, ...] = ()
+    global_hour: int = 500
+    global_day: int = 5000
+    country_hour: int = 200
+    country_day: int = 2000
+    prefix_digits: int = 8
+    prefix_window_seconds: int = 600
+    prefix_max_numbers: int = 10
+    daily_budget: float = 0.0
+    default_price: float = 0.05
+    prices: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        c = Checks("sms")
+        _provider_names(c, self.providers, SMS_PROVIDERS)
+        for key, codes in (("allowed_countries", self.allowed_countries), ("prices", self.prices)):
+            for code in codes:
+                c.need(
+                    re.fullmatch(r"[A-Z]{2}", code) is not None,
+                    key,
+                    f"{code!r} is not an ISO 3166-1 alpha-2 code (upper case)",
+                )
+        for prefix in self.blocked_prefixes:
+            c.need(
+                re.fullmatch(r"\+\d{1,14}", prefix) is not None,
+                "blocked_prefixes",
+                f"{prefix!r} must look like +<digits>",
+            )
+        for key in (
+            "per_recipient_hour",
+            "global_hour",
+            "global_day",
+            "country_hour",
+            "country_day",
+            "prefix_window_seconds",
+            "prefix_max_numbers",
+        ):
+            c.positive(getattr(self, key), key)
+        c.need(4 <= self.prefix_digits <= 14, "prefix_digits", "must be 4 to 14")
+        c.need(self.daily_budget >= 0, "daily_budget", "must be >= 0 (0 disables it)")
+        c.need(self.default_price >= 0, "default_price", "must be >= 0")
+        c.need(all(p >= 0 for p in self.prices.values()), "prices", "must be >= 0")
+        c.done()
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    failure_threshold: int = 5
+    recovery_seconds: float = 60.0
+    success_threshold: int = 2
+
+    def __post_init__(self) -> None:
+        c = Checks("breaker")
+        c.positive(self.failure_threshold, "failure_threshold")
+        c.positive(self.recovery_seconds, "recovery_seconds")
+        c.positive(self.success_threshold, "success_threshold")
+        c.done()
+
+
+@dataclass(frozen=True, slots=True)
+class LinksConfig:
+    base_url: str = "http://127.0.0.1:8080"
+    verify_email_path: str = "/verify-email"
+    reset_password_path: str = "/reset-password"
+    hosted: bool = False
+    success_url: str = ""
+    failure_url: str = ""
+
+    def __post_init__(self) -> None:
+        c = Checks("links")
+        c.need(self.base_url.startswith(_URL), "base_url", "must be an http:// or https:// URL")
+        for key in ("verify_email_path", "reset_password_path"):
+            c.need(getattr(self, key).startswith("/"), key, "must start with /")
+        for key in ("success_url", "failure_url"):
+            value = getattr(self, key)
+            c.need(
+                value.startswith(_URL) or not (value or self.hosted),
+                key,
+                "must be an http:// or https:// URL (required when links.hosted is true)",
+            )
+        c.done()
+
+
+@dataclass(frozen=True, slots=True)
+class TokensConfig:
+    verification_ttl_seconds: int = 86400
+    reset_ttl_seconds: int = 3600
+    verification_per_user_day: int = 5
+    verification_per_ip_hour: int = 20
+    reset_per_email_hour: int = 3
+    reset_per_ip_hour: int = 3
+
+    def __post_init__(self) -> None:
+        c = Checks("tokens")
+        for f in dataclasses.fields(self):
+            c.positive(getattr(self, f.name), f.name)
+        c.done()
+
+
+@dataclass(frozen=True, slots=True)
+class ProductConfig:
+    name: str = "otpd"
+    logo_url: str = ""
+    footer: str = "You received this message because of an action on your account."
+    support_email: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
