@@ -19,19 +19,21 @@ import structlog
 from otpd.clock import Clock, SystemClock
 from otpd.config import Config
 from otpd.crypto import Hasher
-from otpd.dispatch import Dispatcher, SendLimiter
+from otpd.dispatch import Dispatcher
 from otpd.metrics import Metrics
 from otpd.models import Channel, ProviderHealth
+from otpd.providers.base import ProviderDeps
 from otpd.providers.chain import ProviderChain
-from otpd.providers.http import SharedSession
-from otpd.providers.registry import ProviderDeps, build_providers
+from otpd.providers.registry import build_providers
+from otpd.providers.session import SharedSession
+from otpd.services.deps import ServiceDeps
+from otpd.services.limits import LimitPolicy, SendingLimits
+from otpd.services.links import LinkService, Reminders
 from otpd.services.messages import MessageService
 from otpd.services.otp import OtpService
 from otpd.services.sms_guard import SmsGuard
 from otpd.services.tasks import TaskService
-from otpd.services.tokens import TokenService
-from otpd.store import Store
-from otpd.store.memory import MemoryStore
+from otpd.store import Store, StoreDeps, create_store
 from otpd.templating import TemplateRenderer
 
 __all__ = ["Otpd"]
@@ -46,23 +48,31 @@ class _State(enum.Enum):
 
 
 class Otpd:
-    """Everything otpd does, as one async context manager. It cannot be opened twice."""
+    """Everything otpd does, as one async context manager. It cannot be opened twice.
+
+    ``store`` replaces the backend that ``store.backend`` names: any unopened
+    :class:`~otpd.store.Store`, which the daemon opens and closes.
+    """
 
     otp: OtpService
     tasks: TaskService
     sms_guard: SmsGuard
     messages: MessageService
-    links: TokenService
-    limiter: SendLimiter
+    links: LinkService
+    reminders: Reminders
+    limits: LimitPolicy
     dispatcher: Dispatcher
     store: Store
     chains: dict[Channel, ProviderChain]
 
-    def __init__(self, config: Config, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: Config, *, clock: Clock | None = None, store: Store | None = None
+    ) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self.metrics = Metrics()
         self.renderer = TemplateRenderer(config.product, config.email.templates_dir)
+        self._given_store = store
         self._state = _State.NEW
         self._stack: AsyncExitStack | None = None
 
@@ -72,17 +82,20 @@ class Otpd:
         self._state = _State.OPEN
         async with AsyncExitStack() as stack:
             self.hasher = Hasher(self._secret())
-            self.store = await stack.enter_async_context(self._make_store())
-            self.limiter = SendLimiter(
-                self.config.email, self.config.sms, store=self.store, hasher=self.hasher
+            store = self._given_store or create_store(
+                self.config.store.backend,
+                self.config.store,
+                StoreDeps(clock=self.clock, metrics=self.metrics),
             )
+            self.store = await stack.enter_async_context(store)
+            self.limits = LimitPolicy(self.config, self.hasher, self.metrics)
             http = await stack.enter_async_context(SharedSession())
-            deps = ProviderDeps(http=http, clock=self.clock)
+            provider_deps = ProviderDeps(http=http, clock=self.clock)
             self.chains = {}
             for channel in Channel:
                 chain = ProviderChain(
                     channel,
-                    build_providers(channel, self.config, deps),
+                    build_providers(channel, self.config, provider_deps),
                     breaker=self.config.breaker,
                     clock=self.clock,
                     metrics=self.metrics,
@@ -96,7 +109,7 @@ class Otpd:
                     self.config.dispatch,
                     clock=self.clock,
                     metrics=self.metrics,
-                    limiter=self.limiter,
+                    admission=SendingLimits(self.limits, self.store),
                 )
             )
             self._build_services()
@@ -123,51 +136,22 @@ class Otpd:
         )
         return secrets.token_bytes(32)
 
-    def _make_store(self) -> Any:
-        if self.config.store.backend == "redis":
-            from otpd.store.redis import RedisStore
-
-            return RedisStore(self.config.store)
-        return MemoryStore(key_prefix=self.config.store.key_prefix, clock=self.clock)
-
     def _build_services(self) -> None:
-        self.sms_guard = SmsGuard(
-            self.config.sms,
-            store=self.store,
-            hasher=self.hasher,
-            clock=self.clock,
-            metrics=self.metrics,
-        )
-        self.otp = OtpService(
-            self.config.otp,
+        deps = ServiceDeps(
             store=self.store,
             dispatcher=self.dispatcher,
             renderer=self.renderer,
             hasher=self.hasher,
             clock=self.clock,
             metrics=self.metrics,
-            sms_guard=self.sms_guard,
-            limiter=self.limiter,
+            limits=self.limits,
         )
+        self.sms_guard = SmsGuard(self.config.sms, deps)
+        self.otp = OtpService(self.config.otp, deps, sms_guard=self.sms_guard)
         self.tasks = TaskService(self.store)
-        self.links = TokenService(
-            self.config.links,
-            self.config.tokens,
-            store=self.store,
-            dispatcher=self.dispatcher,
-            renderer=self.renderer,
-            hasher=self.hasher,
-            clock=self.clock,
-            metrics=self.metrics,
-        )
-        self.messages = MessageService(
-            store=self.store,
-            dispatcher=self.dispatcher,
-            renderer=self.renderer,
-            hasher=self.hasher,
-            clock=self.clock,
-            sms_guard=self.sms_guard,
-        )
+        self.links = LinkService(self.config.links, self.config.tokens, deps)
+        self.reminders = Reminders(self.links)
+        self.messages = MessageService(deps, sms_guard=self.sms_guard)
 
     # ------------------------------------------------------------------ health
 

@@ -47,7 +47,8 @@ def _load(path: str | None) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
-        print(f"otpd: invalid configuration: {exc.message}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"otpd: invalid configuration: {problem}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -86,14 +87,13 @@ def _render_template(
 
 async def _serve(config: Config) -> None:
     from otpd.api import HttpServer
-    from otpd.app import Otpd
 
     log = structlog.get_logger("otpd")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with Otpd(config) as otpd, HttpServer(otpd) as server:
+    async with HttpServer(config) as server:
         log.info(
             "otpd.listening",
             url=server.url,
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(json.dumps(masked_config(config), indent=2))
         print("otpd: configuration is valid", file=sys.stderr)
         return
-    from otpd.logging import configure_logging
+    from otpd.logs import configure_logging
 
     fmt = config.logging.format
     if fmt == "auto":

@@ -59,6 +59,12 @@ class Metrics:
         self.sms_blocked = Counter(
             "otpd_sms_blocked", "SMS refused by the fraud and cost guard", ["reason"], registry=r
         )
+        self.store_errors = Counter(
+            "otpd_store_errors",
+            "Store operations that failed, by operation and kind of failure",
+            ["op", "kind"],
+            registry=r,
+        )
         self.sms_spend = Gauge("otpd_sms_spend_today", "Estimated SMS spend today", registry=r)
 
     def render(self) -> bytes:

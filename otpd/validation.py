@@ -14,7 +14,22 @@ from phonenumbers import PhoneNumberType
 from otpd.errors import ValidationError
 
 __all__ = [
+    "MAX_CLIENT_IP",
+    "MAX_CODE",
+    "MAX_EMAIL",
+    "MAX_EMAIL_TEXT",
+    "MAX_IDEMPOTENCY_KEY",
+    "MAX_LOCALE",
+    "MAX_NAME",
+    "MAX_PHONE",
+    "MAX_PURPOSE",
+    "MAX_SMS_TEXT",
+    "MAX_SUBJECT",
+    "MAX_TEMPLATE",
+    "MAX_USER_AGENT",
+    "MAX_USER_ID",
     "check_client_ip",
+    "check_code",
     "check_display_name",
     "check_locale",
     "check_purpose",
@@ -26,8 +41,24 @@ __all__ = [
     "parse_phone",
 ]
 
-_USER_ID_RE = re.compile(r"[A-Za-z0-9._:@+\-=|/]{1,128}")
-_PURPOSE_RE = re.compile(r"[a-z0-9_\-]{1,32}")
+# Every length rule, stated once: the request schemas bound raw input with the same numbers.
+MAX_USER_ID = 128
+MAX_PURPOSE = 32
+MAX_LOCALE = 16
+MAX_CLIENT_IP = 64  # an IPv6 address with a zone index stays well below
+MAX_USER_AGENT = 512
+MAX_NAME = 128
+MAX_EMAIL = 254  # RFC 5321's path limit less the angle brackets
+MAX_PHONE = 32  # E.164 is at most 15 digits; room for spaces and dashes
+MAX_CODE = 10
+MAX_TEMPLATE = 64
+MAX_SUBJECT = 998  # RFC 5322's line limit
+MAX_EMAIL_TEXT = 100_000
+MAX_SMS_TEXT = 1600  # the longest concatenated SMS the vendors accept
+MAX_IDEMPOTENCY_KEY = 255
+
+_USER_ID_RE = re.compile(rf"[A-Za-z0-9._:@+\-=|/]{{1,{MAX_USER_ID}}}")
+_PURPOSE_RE = re.compile(rf"[a-z0-9_\-]{{1,{MAX_PURPOSE}}}")
 _LOCALE_RE = re.compile(r"[a-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})?")
 # Pragmatic address check: one @, no spaces or control characters, a dotted domain.
 _EMAIL_RE = re.compile(
@@ -38,7 +69,14 @@ _MOBILE_TYPES = {PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE}
 
 def check_user_id(value: str, field: str = "user_id") -> str:
     if not _USER_ID_RE.fullmatch(value):
-        raise ValidationError.field(field, "1 to 128 letters, digits or ._:@+-=|/")
+        raise ValidationError.field(field, f"1 to {MAX_USER_ID} letters, digits or ._:@+-=|/")
+    return value
+
+
+def check_code(value: str, field: str = "code") -> str:
+    """An OTP code as typed: 4 to ``MAX_CODE`` ASCII digits."""
+    if not (4 <= len(value) <= MAX_CODE and value.isascii() and value.isdigit()):
+        raise ValidationError.field(field, f"4 to {MAX_CODE} digits")
     return value
 
 
@@ -70,23 +108,24 @@ def check_display_name(value: str | None, field: str = "name") -> str | None:
     if value is None:
         return None
     value = " ".join(value.split())
-    if len(value) > 128 or not value.isprintable():
-        raise ValidationError.field(field, "at most 128 printable characters")
+    if len(value) > MAX_NAME or not value.isprintable():
+        raise ValidationError.field(field, f"at most {MAX_NAME} printable characters")
     return value or None
 
 
 def check_user_agent(value: str | None, field: str = "user_agent") -> str | None:
     if value is None:
         return None
-    if len(value) > 512 or not value.isprintable():
-        raise ValidationError.field(field, "at most 512 printable characters")
+    if len(value) > MAX_USER_AGENT or not value.isprintable():
+        raise ValidationError.field(field, f"at most {MAX_USER_AGENT} printable characters")
     return value
 
 
 def normalize_email(value: str, field: str = "email") -> str:
     """Trimmed, with the domain lower-cased; rejects anything that is not one address."""
     value = value.strip()
-    if len(value) > 254 or not _EMAIL_RE.fullmatch(value) or "." not in value.rpartition("@")[2]:
+    domain_part = value.rpartition("@")[2]
+    if len(value) > MAX_EMAIL or not _EMAIL_RE.fullmatch(value) or "." not in domain_part:
         raise ValidationError.field(field, "not a valid email address")
     local, _, domain = value.rpartition("@")
     if local.startswith(".") or local.endswith(".") or ".." in value:

@@ -5,6 +5,7 @@ Every process and port a fixture starts is stopped by the same fixture.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,21 @@ async def client(otpd: Otpd) -> AsyncIterator[TestClient[Any, Any]]:
         yield c
     finally:
         await c.close()
+
+
+async def wait_idle(daemon: Otpd, timeout: float = 10.0) -> None:
+    """Until every task the daemon accepted is final: awaits the dispatcher going idle."""
+    async with asyncio.timeout(timeout):
+        await daemon.dispatcher.wait_idle()
+
+
+Settle = Callable[..., Awaitable[None]]
+
+
+@pytest.fixture
+def settle() -> Settle:
+    """``await settle(daemon)``: every accepted task has reached its final status."""
+    return wait_idle
 
 
 def outbox_files(config: Config, suffix: str) -> list[Path]:

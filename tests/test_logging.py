@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from otpd.logging import configure_logging, redact_event
+from otpd.logs import configure_logging, redact_event
 from otpd.redaction import mask_email, mask_phone, redact_text
 
 

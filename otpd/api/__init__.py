@@ -1,5 +1,8 @@
-"""The HTTP JSON API over the services."""
+"""The HTTP JSON API over the services: ``server`` (app factory, embeddable server),
+``routes`` (OTP, messages, tasks, health), ``links``, ``hosted`` (the page people open),
+``schemas`` (request bodies), ``middleware`` (errors and auth)."""
 
+from otpd.api.hosted import HOSTED_VERIFY_PATH
 from otpd.api.server import HttpServer, create_app
 
-__all__ = ["HttpServer", "create_app"]
+__all__ = ["HOSTED_VERIFY_PATH", "HttpServer", "create_app"]

@@ -1,55 +1,89 @@
-"""The aiohttp application factory and an embeddable server (``AppRunner`` + ``TCPSite``)."""
+"""The aiohttp application factory and an embeddable server (``AppRunner`` + ``TCPSite``).
+
+``create_app(config)`` is a plain ``web.Application`` that opens its own :class:`Otpd`
+through ``cleanup_ctx``, so ``web.run_app``, gunicorn's aiohttp worker and mounting as a
+sub-application all work. ``create_app(otpd)`` serves a daemon its caller already opened.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import structlog
 from aiohttp import web
 
+from otpd.api.hosted import HOSTED_VERIFY_PATH, hosted_routes
 from otpd.api.links import link_routes
 from otpd.api.middleware import auth_middleware, error_middleware
 from otpd.api.routes import OTPD, routes
 from otpd.app import Otpd
-from otpd.config import is_loopback
+from otpd.clock import Clock
+from otpd.config import Config, exposure_problem
+from otpd.errors import ConfigError
 
 __all__ = ["HttpServer", "create_app"]
 
 log = structlog.get_logger("otpd.api")
 
 
-def create_app(otpd: Otpd) -> web.Application:
-    config = otpd.config
+def _mount(otpd: Otpd) -> None:
+    otpd.links.urls.serve_hosted_page(HOSTED_VERIFY_PATH)
+
+
+def create_app(source: Config | Otpd, *, clock: Clock | None = None) -> web.Application:
+    """The HTTP API over a daemon: opened by the app for a :class:`Config`, or the given
+    already-open :class:`Otpd` (which its caller closes)."""
+    config = source.config if isinstance(source, Otpd) else source
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
         middlewares=[error_middleware, auth_middleware(config.auth.keys)],
     )
-    app[OTPD] = otpd
+    if isinstance(source, Otpd):
+        _mount(source)
+        app[OTPD] = source
+    else:
+
+        async def daemon(app: web.Application) -> AsyncIterator[None]:
+            async with Otpd(config, clock=clock) as otpd:
+                _mount(otpd)
+                app[OTPD] = otpd
+                yield
+
+        app.cleanup_ctx.append(daemon)
     app.add_routes(routes)
     app.add_routes(link_routes)
+    app.add_routes(hosted_routes)
     return app
 
 
 class HttpServer:
-    """Serves ``otpd`` over HTTP until the ``async with`` block ends."""
+    """Serves otpd over HTTP until the ``async with`` block ends.
 
-    def __init__(self, otpd: Otpd, host: str | None = None, port: int | None = None) -> None:
-        self.otpd = otpd
-        self.host = host or otpd.config.server.host
-        self.port = otpd.config.server.port if port is None else port
+    Given a :class:`Config`, the server's app opens (and closes) its own daemon; given an
+    open :class:`Otpd`, it serves that one. ``port=0`` binds a free port (see :attr:`url`).
+    """
+
+    def __init__(
+        self, source: Config | Otpd, host: str | None = None, port: int | None = None
+    ) -> None:
+        self.source = source
+        config = source.config if isinstance(source, Otpd) else source
+        self.config = config
+        self.host = host or config.server.host
+        self.port = config.server.port if port is None else port
         self._runner: web.AppRunner | None = None
 
     async def __aenter__(self) -> Self:
         if self._runner is not None:
             raise RuntimeError("the HTTP server is already running")
-        if not self.otpd.config.auth.keys:
-            if not is_loopback(self.host):
-                raise RuntimeError(
-                    "refusing to serve /v1 without API keys on a non-loopback address"
-                )
+        exposed = exposure_problem(self.host, bool(self.config.auth.keys))
+        if exposed is not None:
+            raise ConfigError.from_problems([exposed])
+        if not self.config.auth.keys:
             log.warning("auth.disabled", reason="no auth.keys configured; serving on loopback only")
-        runner = web.AppRunner(create_app(self.otpd), access_log=None, handle_signals=False)
+        runner = web.AppRunner(create_app(self.source), access_log=None, handle_signals=False)
         await runner.setup()
         try:
             site = web.TCPSite(runner, self.host, self.port)
@@ -58,9 +92,8 @@ class HttpServer:
             await runner.cleanup()
             raise
         self._runner = runner
-        server = site._server
-        if self.port == 0 and server is not None and server.sockets:  # type: ignore[attr-defined]
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        address: Any = runner.addresses[0]
+        self.port = int(address[1])
         return self
 
     async def __aexit__(
@@ -74,5 +107,13 @@ class HttpServer:
             await runner.cleanup()
 
     @property
+    def otpd(self) -> Otpd:
+        """The daemon being served (while the server runs)."""
+        if self._runner is None:
+            raise RuntimeError("the HTTP server is not running")
+        return self._runner.app[OTPD]
+
+    @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"

@@ -1,31 +1,33 @@
-"""Background delivery: a queue, N workers, retries, recorded task status, graceful drain.
+"""Background delivery: N workers over a delivery queue, retries, recorded task status,
+and a drain with a deadline.
 
-Callers only use :meth:`Dispatcher.enqueue`, which returns once the task is recorded in
-the store; a durable queue (Redis Streams) can replace the in-process one behind it.
+Callers only use :meth:`Dispatcher.enqueue`, which returns once the queue accepted the task
+(and recorded it); which queue that is, is the :class:`~otpd.dispatch.queue.DeliveryQueue`
+seam.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 import structlog
 
 from otpd.clock import Clock
 from otpd.config import DispatchConfig
-from otpd.dispatch.limits import SendLimiter
+from otpd.dispatch.queue import DeliveryQueue, InProcessQueue, Job
 from otpd.dispatch.retry import RetryPolicy
 from otpd.errors import DeliveryError, PermanentDeliveryError, UnavailableError
 from otpd.metrics import Metrics
 from otpd.models import Channel, Message, TaskRecord, TaskStatus
 from otpd.providers.chain import ProviderChain
-from otpd.store.base import Store
+from otpd.store.base import LimitExceeded, Store
 
-__all__ = ["Dispatcher", "ShutdownReport", "new_task_id"]
+__all__ = ["Admission", "Dispatcher", "ShutdownReport", "new_task_id"]
 
 log = structlog.get_logger("otpd.dispatch")
 
@@ -37,10 +39,11 @@ def new_task_id() -> str:
     return "tsk_" + secrets.token_hex(12)
 
 
-@dataclass(slots=True)
-class _Job:
-    record: TaskRecord
-    message: Message
+class Admission(Protocol):
+    """The sending limits a task must pass once before its first attempt."""
+
+    async def admit(self, message: Message, member: str, now: float) -> LimitExceeded | None:
+        """Count one send of ``message`` unless a limit is full (then count nothing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,31 +65,33 @@ class Dispatcher:
         *,
         clock: Clock,
         metrics: Metrics,
+        queue: DeliveryQueue | None = None,
         retry: RetryPolicy | None = None,
-        limiter: SendLimiter | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.store = store
         self.chains = dict(chains)
         self.config = config
         self._clock = clock
         self._metrics = metrics
+        self.queue: DeliveryQueue = queue or InProcessQueue(store, config)
         self.retry = retry or RetryPolicy(
             config.max_attempts, config.backoff_base_seconds, config.backoff_max_seconds
         )
-        self.limiter = limiter
-        self._queue: asyncio.Queue[_Job] | None = None
+        self.admission = admission
         self._workers: list[asyncio.Task[None]] = []
-        self._waiting: dict[str, tuple[_Job, asyncio.TimerHandle]] = {}
-        self._interrupted: list[_Job] = []
+        self._interrupted: list[Job] = []
         self._accepting = False
+        self._open = False
         self.last_report: ShutdownReport | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Self:
-        if self._queue is not None:
+        if self._open:
             raise RuntimeError("the dispatcher is already running")
-        self._queue = asyncio.Queue()
+        await self.queue.__aenter__()
+        self._open = True
         self._workers = [
             asyncio.create_task(self._work(), name=f"otpd-worker-{i}")
             for i in range(self.config.workers)
@@ -108,33 +113,32 @@ class Dispatcher:
 
     @property
     def depth(self) -> int:
-        return 0 if self._queue is None else self._queue.qsize()
+        return self.queue.depth
+
+    async def wait_idle(self) -> None:
+        """Wait until every accepted task reached a final status (retries included)."""
+        await self.queue.idle()
 
     async def shutdown(self) -> ShutdownReport:
-        """Stop intake, drain within ``drain_timeout_seconds``, fail what is left."""
-        if self._queue is None:
+        """Stop intake, drain within ``drain_timeout_seconds``, fail what the queue cannot
+        keep."""
+        if not self._open:
             return self.last_report or ShutdownReport()
+        self._open = False
         self._accepting = False
-        queue = self._queue
-        # Retries waiting for their backoff would outlive the drain: give up on them now.
-        leftover: list[_Job] = []
-        for job, handle in self._waiting.values():
-            handle.cancel()
-            leftover.append(job)
-        self._waiting.clear()
+        # Retries waiting for their backoff would outlive the drain: hold them now.
+        self.queue.hold_retries()
         drained = True
         try:
-            await asyncio.wait_for(queue.join(), self.config.drain_timeout_seconds)
+            await asyncio.wait_for(self.queue.join(), self.config.drain_timeout_seconds)
         except TimeoutError:
             drained = False
         await self._stop_workers()
-        while not queue.empty():
-            leftover.append(queue.get_nowait())
-        leftover.extend(self._interrupted)
-        self._interrupted.clear()
+        interrupted, self._interrupted = self._interrupted, []
+        leftover = self.queue.close(interrupted)
         for job in leftover:
-            await self._finish(job, TaskStatus.FAILED, "shutdown: not delivered before stop")
-        self._queue = None
+            await self._record_final(job, TaskStatus.FAILED, "shutdown: not delivered before stop")
+        await self.queue.__aexit__(None, None, None)
         report = ShutdownReport(tuple(j.record.task_id for j in leftover), drained)
         log.info(
             "dispatcher.stopped",
@@ -181,14 +185,11 @@ class Dispatcher:
         """
         if message.channel not in self.chains:
             raise UnavailableError(f"no {message.channel} providers are configured")
-        if not self._accepting or self._queue is None:
+        if not self._accepting:
             raise UnavailableError("the dispatcher is not accepting messages")
-        if self._queue.qsize() + len(self._waiting) >= self.config.queue_size:
-            raise UnavailableError("the delivery queue is full")
         record = self._new_record(message, TaskStatus.QUEUED, task_id=task_id)
-        await self.store.put_task(record, self.config.task_ttl_seconds)
-        self._queue.put_nowait(_Job(record, message))
-        self._metrics.queue_depth.set(self._queue.qsize())
+        await self.queue.put(Job(record, message))
+        self._metrics.queue_depth.set(self.queue.depth)
         return record
 
     async def reject(
@@ -207,15 +208,14 @@ class Dispatcher:
     # ------------------------------------------------------------------ workers
 
     async def _work(self) -> None:
-        assert self._queue is not None
-        queue = self._queue
+        queue = self.queue
         task = asyncio.current_task()
         while True:
             if task is not None and task.cancelling():
                 # a cancellation was swallowed below us: stop instead of waiting for more
                 raise asyncio.CancelledError
             job = await queue.get()
-            self._metrics.queue_depth.set(queue.qsize())
+            self._metrics.queue_depth.set(queue.depth)
             try:
                 await self._attempt(job)
             except asyncio.CancelledError:
@@ -226,15 +226,13 @@ class Dispatcher:
                 # A worker must survive anything; the task still ends in a visible state.
                 log.exception("dispatcher.worker_error", task_id=job.record.task_id)
                 await self._finish(job, TaskStatus.FAILED, "internal error during delivery")
-            finally:
-                queue.task_done()
 
-    async def _attempt(self, job: _Job) -> None:
+    async def _attempt(self, job: Job) -> None:
         record = job.record
         if record.attempts == 0 and not await self._admit(job):
             return
         record.attempts += 1
-        await self._save(job, TaskStatus.SENDING)
+        await self._mark_sending(job)
         chain = self.chains[record.channel]
         try:
             result = await chain.send(job.message)
@@ -246,8 +244,8 @@ class Dispatcher:
             if self._accepting and self.retry.should_retry(record.attempts):
                 delay = self.retry.delay(record.attempts)
                 record.last_error = error
-                await self._save(job, TaskStatus.RETRYING)
-                self._schedule(job, delay)
+                self._touch(job, TaskStatus.RETRYING)
+                await self._persist(job, self.queue.retry(job, delay))
                 log.info(
                     "task.retrying",
                     task_id=record.task_id,
@@ -261,35 +259,56 @@ class Dispatcher:
         record.last_error = ""
         await self._finish(job, TaskStatus.SENT, "", result.provider)
 
-    async def _admit(self, job: _Job) -> bool:
+    async def _admit(self, job: Job) -> bool:
         """Count the sending limits once per task; a refused task ends failed."""
-        if self.limiter is None or job.message.limits_counted:
+        if self.admission is None or job.message.limits_counted:
             return True
-        refused = await self.limiter.admit(job.message, job.record.task_id, self._clock.time())
+        refused = await self.admission.admit(job.message, job.record.task_id, self._clock.time())
         if refused is None:
             return True
         self._metrics.rate_limited.labels(refused.scope).inc()
         await self._finish(job, TaskStatus.FAILED, f"rate_limited: {refused.scope}")
         return False
 
-    def _schedule(self, job: _Job, delay: float) -> None:
-        loop = asyncio.get_running_loop()
-        task_id = job.record.task_id
+    def _touch(self, job: Job, status: TaskStatus) -> None:
+        job.record.status = status
+        job.record.updated_at = self._clock.time()
 
-        def due() -> None:
-            self._waiting.pop(task_id, None)
-            if self._queue is not None:
-                self._queue.put_nowait(job)
+    async def _mark_sending(self, job: Job) -> None:
+        self._touch(job, TaskStatus.SENDING)
+        await self._persist(job, self.store.update_task(job.record))
 
-        self._waiting[task_id] = (job, loop.call_later(delay, due))
+    async def _persist(self, job: Job, write: Awaitable[None]) -> None:
+        try:
+            await write
+        except Exception:
+            # Delivery goes on even when the status write fails; the log keeps the trail.
+            log.exception(
+                "task.status_not_saved", task_id=job.record.task_id, status=job.record.status
+            )
 
     async def _finish(
-        self, job: _Job, status: TaskStatus, error: str, provider: str | None = None
+        self, job: Job, status: TaskStatus, error: str, provider: str | None = None
+    ) -> None:
+        await self._record_final(job, status, error, provider, release=True)
+
+    async def _record_final(
+        self,
+        job: Job,
+        status: TaskStatus,
+        error: str,
+        provider: str | None = None,
+        *,
+        release: bool = False,
     ) -> None:
         if provider:
             job.record.provider = provider
         job.record.last_error = error
-        await self._save(job, status)
+        self._touch(job, status)
+        if release:
+            await self._persist(job, self.queue.done(job))
+        else:
+            await self._persist(job, self.store.update_task(job.record))
         self._metrics.tasks.labels(job.record.channel.value, status.value).inc()
         log.info(
             "task.finished",
@@ -301,12 +320,3 @@ class Dispatcher:
             provider=job.record.provider,
             error=error or None,
         )
-
-    async def _save(self, job: _Job, status: TaskStatus) -> None:
-        job.record.status = status
-        job.record.updated_at = self._clock.time()
-        try:
-            await self.store.update_task(job.record)
-        except Exception:
-            # Delivery goes on even when the status write fails; the log keeps the trail.
-            log.exception("task.status_not_saved", task_id=job.record.task_id, status=status)

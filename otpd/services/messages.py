@@ -7,22 +7,25 @@ from typing import Any, Protocol
 
 import structlog
 
-from otpd.clock import Clock
-from otpd.crypto import Hasher
-from otpd.dispatch import Dispatcher, new_task_id
+from otpd.dispatch import new_task_id
 from otpd.errors import RateLimitedError, UnavailableError, ValidationError
 from otpd.models import Channel, Message
-from otpd.store import Store
-from otpd.templating import TemplateRenderer
-from otpd.validation import check_locale, normalize_email, normalize_phone
+from otpd.services.deps import ServiceDeps
+from otpd.validation import (
+    MAX_EMAIL_TEXT,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_SMS_TEXT,
+    MAX_SUBJECT,
+    check_locale,
+    normalize_email,
+    normalize_phone,
+)
 
 __all__ = ["IDEMPOTENCY_TTL", "MessageService", "SendAccepted", "SmsAdmission"]
 
 log = structlog.get_logger("otpd.messages")
 
 IDEMPOTENCY_TTL = 86400
-_MAX_TEXT = 100_000
-_MAX_SMS = 1600
 
 
 class SmsAdmission(Protocol):
@@ -38,21 +41,12 @@ class SendAccepted:
 
 
 class MessageService:
-    def __init__(
-        self,
-        *,
-        store: Store,
-        dispatcher: Dispatcher,
-        renderer: TemplateRenderer,
-        hasher: Hasher,
-        clock: Clock,
-        sms_guard: SmsAdmission | None = None,
-    ) -> None:
-        self.store = store
-        self.dispatcher = dispatcher
-        self.renderer = renderer
-        self.hasher = hasher
-        self.clock = clock
+    def __init__(self, deps: ServiceDeps, *, sms_guard: SmsAdmission | None = None) -> None:
+        self.store = deps.store
+        self.dispatcher = deps.dispatcher
+        self.renderer = deps.renderer
+        self.hasher = deps.hasher
+        self.clock = deps.clock
         self.sms_guard = sms_guard
 
     async def send(
@@ -74,11 +68,15 @@ class MessageService:
         message = await self._build(channel, to, template, context, locale, subject, text, html)
         task_id = new_task_id()
         if idempotency_key is not None:
-            if not 1 <= len(idempotency_key) <= 255 or not idempotency_key.isprintable():
-                raise ValidationError.field("idempotency_key", "1 to 255 printable characters")
+            if (
+                not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
+                or not idempotency_key.isprintable()
+            ):
+                raise ValidationError.field(
+                    "idempotency_key", f"1 to {MAX_IDEMPOTENCY_KEY} printable characters"
+                )
             ref = self.hasher.digest("idempotency", client, idempotency_key)
-            key = self.store.keys.idempotency("messages", ref)
-            first = await self.store.remember(key, task_id, IDEMPOTENCY_TTL)
+            first = await self.store.remember("messages", ref, task_id, IDEMPOTENCY_TTL)
             if first is not None:
                 log.info("message.idempotent_replay", task_id=first, client=client)
                 return SendAccepted(first, replayed=True)
@@ -134,10 +132,10 @@ class MessageService:
                 raise ValidationError("subject and text are required", fields=problems)
             assert subject is not None
             assert text is not None
-            if len(subject) > 998:
-                raise ValidationError.field("subject", "at most 998 characters")
-            if len(text) > _MAX_TEXT or len(html or "") > _MAX_TEXT:
-                raise ValidationError.field("text", f"at most {_MAX_TEXT} characters")
+            if len(subject) > MAX_SUBJECT:
+                raise ValidationError.field("subject", f"at most {MAX_SUBJECT} characters")
+            if len(text) > MAX_EMAIL_TEXT or len(html or "") > MAX_EMAIL_TEXT:
+                raise ValidationError.field("text", f"at most {MAX_EMAIL_TEXT} characters")
             return Message(kind, address, text, subject, html or "", tag="raw")
 
         number = normalize_phone(to, "to")
@@ -153,6 +151,6 @@ class MessageService:
             body, tag = text, "raw"
         else:
             raise ValidationError.field("text", "required without template")
-        if len(body) > _MAX_SMS:
-            raise ValidationError.field("text", f"at most {_MAX_SMS} characters")
+        if len(body) > MAX_SMS_TEXT:
+            raise ValidationError.field("text", f"at most {MAX_SMS_TEXT} characters")
         return Message(kind, number, body, tag=tag)

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import math
-from typing import NoReturn
-
 import structlog
 
-from otpd.clock import Clock
 from otpd.config import OtpConfig
-from otpd.crypto import Hasher, new_code, new_id
-from otpd.dispatch import Dispatcher, SendLimiter
-from otpd.errors import RateLimitedError, ValidationError
-from otpd.metrics import Metrics
+from otpd.crypto import new_code, new_id
+from otpd.errors import ValidationError
 from otpd.models import Channel, Delivery, Message, OtpChannel, OtpIssued, VerifyResult
+from otpd.services.deps import ServiceDeps
 from otpd.services.sms_guard import SmsGuard
-from otpd.store import Limit, LimitExceeded, OtpRecord, Store
-from otpd.templating import TemplateRenderer
+from otpd.store import OtpRecord
 from otpd.validation import (
     check_client_ip,
+    check_code,
     check_locale,
     check_purpose,
     check_user_agent,
@@ -31,54 +26,23 @@ __all__ = ["OtpService"]
 
 log = structlog.get_logger("otpd.otp")
 
-HOUR = 3600
-DAY = 86400
-
 
 class OtpService:
     """Codes are random digits from ``secrets``; only their keyed hash is stored."""
 
-    def __init__(
-        self,
-        config: OtpConfig,
-        *,
-        store: Store,
-        dispatcher: Dispatcher,
-        renderer: TemplateRenderer,
-        hasher: Hasher,
-        clock: Clock,
-        metrics: Metrics,
-        sms_guard: SmsGuard,
-        limiter: SendLimiter,
-    ) -> None:
+    def __init__(self, config: OtpConfig, deps: ServiceDeps, *, sms_guard: SmsGuard) -> None:
         self.config = config
-        self.store = store
-        self.dispatcher = dispatcher
+        self.deps = deps
+        self.store = deps.store
+        self.dispatcher = deps.dispatcher
+        self.renderer = deps.renderer
+        self.hasher = deps.hasher
+        self.clock = deps.clock
+        self.metrics = deps.metrics
         self.sms_guard = sms_guard
-        self.limiter = limiter
-        self.renderer = renderer
-        self.hasher = hasher
-        self.clock = clock
-        self.metrics = metrics
 
     def _code_hash(self, user_id: str, purpose: str, code: str) -> str:
         return self.hasher.digest("otp", user_id, purpose, code)
-
-    def _limits(self, user_id: str, client_ip: str | None) -> list[Limit]:
-        keys = self.store.keys
-        limits = [
-            Limit(
-                "user_hour", keys.user_limit(user_id, "otp", HOUR), self.config.per_user_hour, HOUR
-            ),
-            Limit("user_day", keys.user_limit(user_id, "otp", DAY), self.config.per_user_day, DAY),
-        ]
-        if client_ip:
-            limits.append(
-                Limit(
-                    "ip_hour", keys.ip_limit(client_ip, "otp", HOUR), self.config.per_ip_hour, HOUR
-                )
-            )
-        return limits
 
     async def issue(
         self,
@@ -142,9 +106,10 @@ class OtpService:
         # Every counter goes into the one issue script, all counted or none: the user and
         # IP limits, the per-recipient sending limits and, for SMS, the fraud guard's caps
         # and range velocity. A refusal by any of them is a 429 up front.
-        limits = self._limits(user_id, client_ip)
+        policy = self.deps.limits
+        limits = policy.otp(user_id, client_ip)
         for message in messages:
-            limits += self.limiter.limits_for(message)
+            limits += policy.sending(message)
         charge = None
         if target is not None:
             limits += self.sms_guard.limits(target)
@@ -162,14 +127,19 @@ class OtpService:
             client_ip=client_ip or "",
             user_agent=user_agent or "",
         )
-        key = self.store.keys.otp(user_id, purpose)
-        refused = await self.store.issue_otp(key, record, limits, now)
+        refused = await self.store.issue_otp(user_id, record, limits, now)
         if refused is not None:
             if charge is not None:
                 await self.sms_guard.refund(charge)
-            if self.sms_guard.owns(refused):
-                raise self.sms_guard.blocked(refused)
-            self._rate_limited(refused, user_id, purpose, client_ip)
+            error = policy.error(refused, "otp", "too many codes requested; try again later")
+            log.info(
+                f"audit.{error.code}" if error.code == "sms_blocked" else "audit.otp_rate_limited",
+                user_id=user_id,
+                purpose=purpose,
+                scope=refused.scope,
+                client_ip=client_ip,
+            )
+            raise error
 
         deliveries = []
         for message in messages:
@@ -188,23 +158,6 @@ class OtpService:
         )
         return OtpIssued(record.otp_id, record.expires_at, tuple(deliveries))
 
-    def _rate_limited(
-        self, refused: LimitExceeded, user_id: str, purpose: str, client_ip: str | None
-    ) -> NoReturn:
-        self.metrics.rate_limited.labels(f"otp_{refused.scope}").inc()
-        log.info(
-            "audit.otp_rate_limited",
-            user_id=user_id,
-            purpose=purpose,
-            scope=refused.scope,
-            client_ip=client_ip,
-        )
-        raise RateLimitedError(
-            "too many codes requested; try again later",
-            retry_after=max(1, math.ceil(refused.retry_after)),
-            scope=refused.scope,
-        )
-
     async def verify(
         self,
         *,
@@ -219,11 +172,9 @@ class OtpService:
         check_purpose(purpose)
         client_ip = check_client_ip(client_ip)
         user_agent = check_user_agent(user_agent)
-        if not (4 <= len(code) <= 10 and code.isascii() and code.isdigit()):
-            raise ValidationError.field("code", "4 to 10 digits")
-        key = self.store.keys.otp(user_id, purpose)
+        check_code(code)
         outcome = await self.store.verify_otp(
-            key, self._code_hash(user_id, purpose, code), self.clock.time()
+            user_id, purpose, self._code_hash(user_id, purpose, code), self.clock.time()
         )
         result = outcome.result
         label = "verified" if result.verified else str(result.reason)

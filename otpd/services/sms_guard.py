@@ -17,57 +17,41 @@ as keyed hashes.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import phonenumbers
 import structlog
 
-from otpd.clock import Clock
 from otpd.config import SmsConfig
-from otpd.crypto import Hasher, new_id
+from otpd.crypto import new_id
 from otpd.errors import SmsBlockedError, ValidationError
-from otpd.metrics import Metrics
 from otpd.redaction import mask_phone
-from otpd.store import Limit, LimitExceeded, Store
+from otpd.services.deps import ServiceDeps
+from otpd.services.limits import retry_after
+from otpd.store import Limit
 from otpd.validation import e164, parse_phone
 
 __all__ = ["Charge", "SmsGuard", "SmsTarget"]
 
 log = structlog.get_logger("otpd.sms_guard")
 
-HOUR = 3600
-DAY = 86400
 # Money is counted in millionths of the currency unit: integer sums are exact, so a budget
 # of 1.00 holds exactly twenty SMS at 0.05 (float sums would refuse the twentieth).
 MICROS = 1_000_000
 # The spend counter of a day outlives that day, so a restart near midnight still sees it.
-BUDGET_TTL = 2 * DAY
+BUDGET_TTL = 2 * 86400
 
 
 def _micros(amount: float) -> int:
     return round(amount * MICROS)
 
 
-def _retry_after(seconds: float) -> int:
-    return max(1, math.ceil(seconds))
-
-
-_MESSAGES = {
-    "prefix_velocity": "too many different numbers of this range were sent SMS recently",
-    "country_hourly_cap": "too many SMS were sent recently; try again later",
-    "country_daily_cap": "too many SMS were sent recently; try again later",
-    "global_hourly_cap": "too many SMS were sent recently; try again later",
-    "global_daily_cap": "too many SMS were sent recently; try again later",
-}
-
-
 @dataclass(frozen=True, slots=True)
 class Charge:
     """Money added to a day's spend counter, in millionths."""
 
-    key: str
+    counter: str
     micros: int
 
 
@@ -86,20 +70,13 @@ class SmsTarget:
 class SmsGuard:
     """Refuses SMS that the fraud rules or the cost budget do not allow; see the module."""
 
-    def __init__(
-        self,
-        config: SmsConfig,
-        *,
-        store: Store,
-        hasher: Hasher,
-        clock: Clock,
-        metrics: Metrics,
-    ) -> None:
+    def __init__(self, config: SmsConfig, deps: ServiceDeps) -> None:
         self.config = config
-        self.store = store
-        self.hasher = hasher
-        self.clock = clock
-        self.metrics = metrics
+        self.deps = deps
+        self.store = deps.store
+        self.hasher = deps.hasher
+        self.clock = deps.clock
+        self.metrics = deps.metrics
 
     async def admit(self, phone_e164: str) -> None:
         """Return if one SMS to ``phone_e164`` may be sent, and count it; raise otherwise.
@@ -114,21 +91,8 @@ class SmsGuard:
         self.check_static(target)
         refused = await self.store.hit_limits(self.limits(target), new_id("sms"), self.clock.time())
         if refused is not None:
-            raise self.blocked(refused)
+            raise self.deps.limits.error(refused, "sms", "too many SMS were sent recently")
         await self.charge_budget(target)
-
-    def owns(self, refused: LimitExceeded) -> bool:
-        """Whether a refusal came from one of :meth:`limits` (and so means ``sms_blocked``)."""
-        return refused.scope in _MESSAGES
-
-    def blocked(self, refused: LimitExceeded) -> SmsBlockedError:
-        """The error for a refusal by one of :meth:`limits`, counted in the metrics."""
-        self.metrics.sms_blocked.labels(refused.scope).inc()
-        return SmsBlockedError(
-            _MESSAGES[refused.scope],
-            reason=refused.scope,
-            retry_after=_retry_after(refused.retry_after),
-        )
 
     def target(self, phone: str | phonenumbers.PhoneNumber) -> SmsTarget:
         """The rules' view of a number; pass the parsed number when you have it (parsing
@@ -163,34 +127,9 @@ class SmsGuard:
 
     # ---------------------------------------------------------------- store-backed rules
 
-    def velocity_limit(self, target: SmsTarget) -> Limit:
-        """At most N different numbers per range: the member is the hashed number, so the
-        same number again is not a new one."""
-        window = self.config.prefix_window_seconds
-        return Limit(
-            "prefix_velocity",
-            self.store.keys.address_limit(target.range_hash, "sms_range", window),
-            self.config.prefix_max_numbers,
-            window,
-            distinct=True,
-            member=target.number_hash,
-        )
-
-    def cap_limits(self, target: SmsTarget) -> list[Limit]:
-        """Country and global caps; each limit's scope is the refusal reason. Caps count
-        SMS, not numbers: they take the call's member, unique per SMS."""
-        keys, cfg = self.store.keys, self.config
-        country = f"sms_guard:{target.country}"
-        return [
-            Limit("country_hourly_cap", keys.global_limit(country, HOUR), cfg.country_hour, HOUR),
-            Limit("country_daily_cap", keys.global_limit(country, DAY), cfg.country_day, DAY),
-            Limit("global_hourly_cap", keys.global_limit("sms_guard", HOUR), cfg.global_hour, HOUR),
-            Limit("global_daily_cap", keys.global_limit("sms_guard", DAY), cfg.global_day, DAY),
-        ]
-
     def limits(self, target: SmsTarget) -> list[Limit]:
         """Every store-backed rule but the budget, for one all-or-nothing count."""
-        return [self.velocity_limit(target), *self.cap_limits(target)]
+        return self.deps.limits.sms_guard(target.country, target.range_hash, target.number_hash)
 
     def price(self, country: str) -> float:
         return self.config.prices.get(country, self.config.default_price)
@@ -209,34 +148,34 @@ class SmsGuard:
             return None
         now = self.clock.time()
         today = datetime.fromtimestamp(now, UTC).date()
-        key = self.store.keys.counter(f"sms_spend:{today.isoformat()}")
+        counter = f"sms_spend:{today.isoformat()}"
         amount = _micros(self.price(target.country))
         added, total = await self.store.capped_add(
-            key, amount, _micros(cfg.daily_budget), BUDGET_TTL
+            counter, amount, _micros(cfg.daily_budget), BUDGET_TTL
         )
         self.metrics.sms_spend.set(total / MICROS)
         if added:
-            return Charge(key, amount)
+            return Charge(counter, amount)
         midnight = datetime.combine(today + timedelta(days=1), datetime.min.time(), UTC)
-        retry_after = _retry_after(midnight.timestamp() - now)
+        after = retry_after(midnight.timestamp() - now)
         log.warning(
             "sms.budget_exhausted",
             to=mask_phone(target.e164),
             country=target.country,
             spent=total / MICROS,
             budget=cfg.daily_budget,
-            retry_after=retry_after,
+            retry_after=after,
         )
         self.metrics.sms_blocked.labels("daily_budget").inc()
         raise SmsBlockedError(
             "the daily SMS budget is spent; try again after midnight UTC",
             reason="daily_budget",
-            retry_after=retry_after,
+            retry_after=after,
         )
 
     async def refund(self, charge: Charge) -> None:
         """Take back a charge whose SMS was not sent after all."""
         _, total = await self.store.capped_add(
-            charge.key, -charge.micros, _micros(self.config.daily_budget), BUDGET_TTL
+            charge.counter, -charge.micros, _micros(self.config.daily_budget), BUDGET_TTL
         )
         self.metrics.sms_spend.set(total / MICROS)

@@ -1,6 +1,13 @@
-"""Storage of hashed codes, rate-limit windows and task records, in memory or in Redis."""
+"""Storage of hashed codes, link tokens, rate-limit windows and task records.
+
+``base`` is the protocol and its values, ``registry`` picks a backend by name,
+``memory`` and ``redis`` are the built-in backends, ``keys`` their key layout.
+"""
 
 from otpd.store.base import (
+    TOKEN_FIELDS,
+    Bucket,
+    BucketKind,
     Limit,
     LimitExceeded,
     OtpRecord,
@@ -10,16 +17,21 @@ from otpd.store.base import (
     TokenRecord,
     VerifyOutcome,
 )
-from otpd.store.keys import Keys
+from otpd.store.registry import StoreDeps, create_store, register_backend
 
 __all__ = [
-    "Keys",
+    "TOKEN_FIELDS",
+    "Bucket",
+    "BucketKind",
     "Limit",
     "LimitExceeded",
     "OtpRecord",
     "Store",
+    "StoreDeps",
     "TokenCheck",
     "TokenOutcome",
     "TokenRecord",
     "VerifyOutcome",
+    "create_store",
+    "register_backend",
 ]

@@ -1,16 +1,23 @@
-"""The store interface every backend implements, and the values it speaks in."""
+"""The store interface every backend implements, and the values it speaks in.
+
+Callers name what they count or keep (a user, a purpose, a bucket); how that becomes
+keys is each backend's own business (:mod:`otpd.store.keys` for the built-in ones).
+"""
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, fields
+from types import TracebackType
+from typing import Protocol, Self
 
 from otpd.models import TaskRecord, VerifyResult
-from otpd.store.keys import Keys
 
 __all__ = [
+    "TOKEN_FIELDS",
+    "Bucket",
+    "BucketKind",
     "Limit",
     "LimitExceeded",
     "OtpRecord",
@@ -22,9 +29,47 @@ __all__ = [
 ]
 
 
+class BucketKind(enum.StrEnum):
+    """Whose hits a limit counts; backends may group keys by it (a cluster's hash tags)."""
+
+    USER = "u"
+    IP = "ip"
+    ADDRESS = "a"
+    GLOBAL = "g"
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """What one limit counts: ``Bucket.user("42", "otp")``, ``Bucket.shared("email_send")``.
+
+    ``subject`` is a user id, an IP address, a keyed hash of an address or number (never
+    the address itself), or a name shared by everyone (``GLOBAL``).
+    """
+
+    kind: BucketKind
+    subject: str
+    action: str = ""
+
+    @classmethod
+    def user(cls, user_id: str, action: str) -> Bucket:
+        return cls(BucketKind.USER, user_id, action)
+
+    @classmethod
+    def ip(cls, client_ip: str, action: str) -> Bucket:
+        return cls(BucketKind.IP, client_ip, action)
+
+    @classmethod
+    def address(cls, address_hash: str, action: str) -> Bucket:
+        return cls(BucketKind.ADDRESS, address_hash, action)
+
+    @classmethod
+    def shared(cls, name: str) -> Bucket:
+        return cls(BucketKind.GLOBAL, name)
+
+
 @dataclass(frozen=True, slots=True)
 class Limit:
-    """A sliding-window limit: at most ``limit`` hits on ``key`` within ``window`` seconds.
+    """A sliding-window limit: at most ``limit`` hits in ``bucket`` within ``window`` seconds.
 
     ``scope`` names the limit in errors and metrics (``user_hour``, ``ip_hour``). A
     ``distinct`` limit counts different members instead of hits: a member already seen in
@@ -34,7 +79,7 @@ class Limit:
     """
 
     scope: str
-    key: str
+    bucket: Bucket
     limit: int
     window: int
     distinct: bool = False
@@ -87,6 +132,10 @@ class TokenRecord:
     user_agent: str = ""
 
 
+TOKEN_FIELDS = tuple(f.name for f in fields(TokenRecord))
+"""The stored fields of a token record, in the one order every backend uses."""
+
+
 class TokenCheck(enum.StrEnum):
     """Why a token was (not) accepted; for audit logs only, never for the caller."""
 
@@ -107,43 +156,61 @@ class TokenOutcome:
 
 
 class Store(Protocol):
-    """Atomic operations on codes, limits and task records.
+    """Atomic operations on codes, tokens, limits and task records.
 
-    Each method is one round trip on Redis. All times are UNIX seconds; ``now`` comes from
-    the caller's clock so tests can drive windows and expiry.
+    A store is an async context manager: it connects on entry and closes on exit. Each
+    operation is one round trip on Redis. All times are UNIX seconds; ``now`` comes from
+    the caller's clock so tests can drive windows and expiry. Every failure to reach the
+    backend raises :class:`~otpd.errors.UnavailableError`, nothing else.
     """
 
-    keys: Keys
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def aclose(self) -> None:
+        """Close the connections (what leaving the ``async with`` block does)."""
 
     async def ping(self) -> None:
         """Raise :class:`~otpd.errors.UnavailableError` when the store cannot answer."""
 
     async def issue_otp(
-        self, key: str, record: OtpRecord, limits: Sequence[Limit], now: float
+        self, user_id: str, record: OtpRecord, limits: Sequence[Limit], now: float
     ) -> LimitExceeded | None:
-        """Check and count ``limits``, then replace the code at ``key``; all or nothing."""
+        """Count ``limits``, then replace the code of ``(user_id, record.purpose)``; all or
+        nothing."""
 
-    async def verify_otp(self, key: str, code_hash: str, now: float) -> VerifyOutcome:
+    async def verify_otp(
+        self, user_id: str, purpose: str, code_hash: str, now: float
+    ) -> VerifyOutcome:
         """Compare in constant time, count a failed attempt, consume on success."""
 
     async def issue_token(
-        self, key: str, record: TokenRecord, limits: Sequence[Limit], now: float
+        self, owner_ref: str, record: TokenRecord, limits: Sequence[Limit], now: float
     ) -> LimitExceeded | None:
-        """Check and count ``limits``, then replace the token at ``key``; all or nothing."""
+        """Count ``limits``, then replace the token of ``(owner_ref, record.purpose)``; all
+        or nothing."""
 
     async def use_token(
-        self, key: str, token_hash: str, purpose: str, now: float, *, consume: bool
+        self, owner_ref: str, purpose: str, token_hash: str, now: float, *, consume: bool
     ) -> TokenOutcome:
-        """Compare the token at ``key`` in constant time; on a match delete it if
-        ``consume`` (so at most one caller ever consumes a token)."""
+        """Compare the owner's token in constant time; on a match delete it if ``consume``
+        (so at most one caller ever consumes a token)."""
 
     async def hit_limits(
-        self, limits: Sequence[Limit], member: str, now: float, *, consume: bool = True
+        self, limits: Sequence[Limit], member: str, now: float
     ) -> LimitExceeded | None:
         """Count one hit on every limit unless one of them is full (then count none)."""
 
-    async def capped_add(self, key: str, amount: float, cap: float, ttl: int) -> tuple[bool, float]:
-        """Add ``amount`` to the counter at ``key`` unless the total would exceed ``cap``.
+    async def capped_add(
+        self, counter: str, amount: float, cap: float, ttl: int
+    ) -> tuple[bool, float]:
+        """Add ``amount`` to the named counter unless the total would exceed ``cap``.
 
         Returns whether it was added and the total after the call.
         """
@@ -155,7 +222,6 @@ class Store(Protocol):
 
     async def get_task(self, task_id: str) -> TaskRecord | None: ...
 
-    async def remember(self, key: str, value: str, ttl: int) -> str | None:
-        """Set ``key`` to ``value`` unless it exists; return the existing value if it does."""
-
-    async def aclose(self) -> None: ...
+    async def remember(self, scope: str, ref: str, value: str, ttl: int) -> str | None:
+        """Keep ``value`` under ``(scope, ref)`` unless something is kept there already;
+        return the value kept before if so."""

@@ -22,7 +22,7 @@ from otpd.store.base import (
     TokenRecord,
     VerifyOutcome,
 )
-from otpd.store.keys import Keys
+from otpd.store.keys import KeyLayout
 
 __all__ = ["MemoryStore"]
 
@@ -30,8 +30,10 @@ _SWEEP_EVERY = 1024
 
 
 class MemoryStore:
+    """The ``memory`` backend: nothing survives the process, nothing is shared."""
+
     def __init__(self, *, key_prefix: str = "otpd:", clock: Clock | None = None) -> None:
-        self.keys = Keys(key_prefix)
+        self._keys = KeyLayout(key_prefix)
         self._clock = clock or SystemClock()
         # key -> (value, expires_at); values are dicts, lists of hit times or strings
         self._data: dict[str, tuple[Any, float]] = {}
@@ -72,7 +74,7 @@ class MemoryStore:
 
     def _window(self, lim: Limit, now: float) -> dict[str, float]:
         """member -> hit time, for hits still inside the window (like a Redis zset)."""
-        hits: dict[str, float] = self._get(lim.key, now) or {}
+        hits: dict[str, float] = self._get(self._limit_key(lim), now) or {}
         return {m: t for m, t in hits.items() if t > now - lim.window}
 
     def _check(self, limits: Sequence[Limit], now: float, member: str) -> LimitExceeded | None:
@@ -86,11 +88,14 @@ class MemoryStore:
                     worst = LimitExceeded(lim.scope, max(0.0, retry))
         return worst
 
+    def _limit_key(self, lim: Limit) -> str:
+        return self._keys.limit(lim.bucket, lim.window)
+
     def _record(self, limits: Sequence[Limit], now: float, member: str) -> None:
         for lim in limits:
             hits = self._window(lim, now)
             hits[lim.member or member] = now
-            self._set(lim.key, hits, now + lim.window)
+            self._set(self._limit_key(lim), hits, now + lim.window)
 
     # ------------------------------------------------------------------ store API
 
@@ -98,8 +103,9 @@ class MemoryStore:
         return None
 
     async def issue_otp(
-        self, key: str, record: OtpRecord, limits: Sequence[Limit], now: float
+        self, user_id: str, record: OtpRecord, limits: Sequence[Limit], now: float
     ) -> LimitExceeded | None:
+        key = self._keys.otp(user_id, record.purpose)
         refused = self._check(limits, now, record.otp_id)
         if refused:
             return refused
@@ -107,7 +113,10 @@ class MemoryStore:
         self._set(key, {**dataclasses.asdict(record), "attempts": 0}, record.expires_at)
         return None
 
-    async def verify_otp(self, key: str, code_hash: str, now: float) -> VerifyOutcome:
+    async def verify_otp(
+        self, user_id: str, purpose: str, code_hash: str, now: float
+    ) -> VerifyOutcome:
+        key = self._keys.otp(user_id, purpose)
         rec = self._get(key, now)
         if rec is None:
             return VerifyOutcome(VerifyResult(False, VerifyReason.NO_ACTIVE_CODE, 0))
@@ -122,8 +131,9 @@ class MemoryStore:
         return VerifyOutcome(VerifyResult(False, VerifyReason.INVALID_CODE, left), *ids)
 
     async def issue_token(
-        self, key: str, record: TokenRecord, limits: Sequence[Limit], now: float
+        self, owner_ref: str, record: TokenRecord, limits: Sequence[Limit], now: float
     ) -> LimitExceeded | None:
+        key = self._keys.token(owner_ref, record.purpose)
         refused = self._check(limits, now, record.token_id)
         if refused:
             return refused
@@ -132,8 +142,9 @@ class MemoryStore:
         return None
 
     async def use_token(
-        self, key: str, token_hash: str, purpose: str, now: float, *, consume: bool
+        self, owner_ref: str, purpose: str, token_hash: str, now: float, *, consume: bool
     ) -> TokenOutcome:
+        key = self._keys.token(owner_ref, purpose)
         entry = self._data.get(key)
         if entry is None:
             return TokenOutcome(TokenCheck.UNKNOWN)
@@ -149,14 +160,17 @@ class MemoryStore:
         return TokenOutcome(TokenCheck.OK, dataclasses.replace(rec), rec.user_id)
 
     async def hit_limits(
-        self, limits: Sequence[Limit], member: str, now: float, *, consume: bool = True
+        self, limits: Sequence[Limit], member: str, now: float
     ) -> LimitExceeded | None:
         refused = self._check(limits, now, member)
-        if refused is None and consume:
+        if refused is None:
             self._record(limits, now, member)
         return refused
 
-    async def capped_add(self, key: str, amount: float, cap: float, ttl: int) -> tuple[bool, float]:
+    async def capped_add(
+        self, counter: str, amount: float, cap: float, ttl: int
+    ) -> tuple[bool, float]:
+        key = self._keys.counter(counter)
         current = float(self._get(key) or 0.0)
         if current + amount > cap:
             return False, current
@@ -165,20 +179,21 @@ class MemoryStore:
 
     async def put_task(self, record: TaskRecord, ttl: int) -> None:
         self._set(
-            self.keys.task(record.task_id), dataclasses.replace(record), record.created_at + ttl
+            self._keys.task(record.task_id), dataclasses.replace(record), record.created_at + ttl
         )
 
     async def update_task(self, record: TaskRecord) -> None:
-        key = self.keys.task(record.task_id)
+        key = self._keys.task(record.task_id)
         entry = self._data.get(key)
         if entry is not None:
             self._data[key] = (dataclasses.replace(record), entry[1])
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
-        rec = self._get(self.keys.task(task_id))
+        rec = self._get(self._keys.task(task_id))
         return None if rec is None else dataclasses.replace(rec)
 
-    async def remember(self, key: str, value: str, ttl: int) -> str | None:
+    async def remember(self, scope: str, ref: str, value: str, ttl: int) -> str | None:
+        key = self._keys.remembered(scope, ref)
         existing = self._get(key)
         if existing is not None:
             return str(existing)

@@ -13,7 +13,7 @@ from otpd.app import Otpd
 from otpd.clock import FakeClock
 from otpd.config import Config, load_config
 from otpd.errors import UnavailableError
-from otpd.store.base import Limit, OtpRecord
+from otpd.store.base import Bucket, Limit, OtpRecord
 from otpd.store.redis import RedisStore
 from tests.conftest import free_port
 
@@ -62,16 +62,17 @@ def otp_record(now: float) -> OtpRecord:
 async def test_issue_and_verify_are_one_evalsha_each(
     rstore: RedisStore, raw: aioredis.Redis, clock: FakeClock
 ) -> None:
-    key = rstore.keys.otp("u42", "login")
     limits = [
-        Limit("user_hour", rstore.keys.user_limit("u42", "otp", 3600), 5, 3600),
-        Limit("user_day", rstore.keys.user_limit("u42", "otp", 86400), 10, 86400),
-        Limit("ip_hour", rstore.keys.ip_limit("198.51.100.7", "otp", 3600), 50, 3600),
+        Limit("user_hour", Bucket.user("u42", "otp"), 5, 3600),
+        Limit("user_day", Bucket.user("u42", "otp"), 10, 86400),
+        Limit("ip_hour", Bucket.ip("198.51.100.7", "otp"), 50, 3600),
     ]
     issue = await count_round_trips(
-        raw, lambda: rstore.issue_otp(key, otp_record(clock.time()), limits, clock.time())
+        raw, lambda: rstore.issue_otp("u42", otp_record(clock.time()), limits, clock.time())
     )
-    verify = await count_round_trips(raw, lambda: rstore.verify_otp(key, "c" * 64, clock.time()))
+    verify = await count_round_trips(
+        raw, lambda: rstore.verify_otp("u42", "login", "c" * 64, clock.time())
+    )
     assert [c.split()[0] for c in issue] == ["EVALSHA"]
     assert [c.split()[0] for c in verify] == ["EVALSHA"]
 
@@ -79,8 +80,8 @@ async def test_issue_and_verify_are_one_evalsha_each(
 async def test_only_the_keyed_hash_is_stored_with_audit_fields_and_ttl(
     rstore: RedisStore, raw: aioredis.Redis, clock: FakeClock, key_prefix: str
 ) -> None:
-    key = rstore.keys.otp("u42", "login")
-    await rstore.issue_otp(key, otp_record(clock.time()), [], clock.time())
+    key = rstore.layout.otp("u42", "login")
+    await rstore.issue_otp("u42", otp_record(clock.time()), [], clock.time())
     stored = await raw.hgetall(key)
     assert stored["code_hash"] == "c" * 64
     assert stored["client_ip"] == "198.51.100.7"
@@ -92,8 +93,8 @@ async def test_only_the_keyed_hash_is_stored_with_audit_fields_and_ttl(
 async def test_keys_carry_the_prefix_and_a_per_user_hash_tag(
     rstore: RedisStore, key_prefix: str
 ) -> None:
-    otp_key = rstore.keys.otp("u42", "login")
-    limit_key = rstore.keys.user_limit("u42", "otp", 3600)
+    otp_key = rstore.layout.otp("u42", "login")
+    limit_key = rstore.layout.limit(Bucket.user("u42", "otp"), 3600)
     assert otp_key.startswith(key_prefix)
     tags = {re.search(r"\{([^}]*)\}", k).group(1) for k in (otp_key, limit_key)}  # type: ignore[union-attr]
     assert tags == {"u:u42"}
@@ -102,10 +103,9 @@ async def test_keys_carry_the_prefix_and_a_per_user_hash_tag(
 async def test_scripts_reload_after_script_flush(
     rstore: RedisStore, raw: aioredis.Redis, clock: FakeClock
 ) -> None:
-    key = rstore.keys.otp("u7", "login")
     await raw.script_flush()
-    assert await rstore.issue_otp(key, otp_record(clock.time()), [], clock.time()) is None
-    assert (await rstore.verify_otp(key, "c" * 64, clock.time())).result.verified
+    assert await rstore.issue_otp("u7", otp_record(clock.time()), [], clock.time()) is None
+    assert (await rstore.verify_otp("u7", "login", "c" * 64, clock.time())).result.verified
 
 
 async def test_unreachable_redis_is_reported_as_unavailable() -> None:

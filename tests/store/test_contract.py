@@ -1,22 +1,31 @@
-"""One suite, both stores: the memory store must behave exactly like Redis."""
+"""One suite, every backend: the memory store and any registered one must behave exactly
+like Redis."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
 from otpd.clock import FakeClock
-from otpd.models import Channel, TaskRecord, TaskStatus, VerifyReason
-from otpd.store.base import Limit, OtpRecord, Store
+from otpd.models import Channel, Message, TaskRecord, TaskStatus, VerifyReason
+from otpd.store.base import Bucket, Limit, OtpRecord, Store
+from otpd.store.memory import MemoryStore
+from tests.conftest import ConfigFactory
 
 
 def record(
-    now: float, code_hash: str = "h" * 64, ttl: float = 600, max_attempts: int = 3
+    now: float,
+    code_hash: str = "h" * 64,
+    ttl: float = 600,
+    max_attempts: int = 3,
+    purpose: str = "login",
 ) -> OtpRecord:
     return OtpRecord(
         otp_id=f"otp_{now}",
         code_hash=code_hash,
         channel="email",
-        purpose="login",
+        purpose=purpose,
         created_at=now,
         expires_at=now + ttl,
         max_attempts=max_attempts,
@@ -26,10 +35,9 @@ def record(
 
 
 async def test_correct_code_verifies_once_then_is_gone(store: Store, clock: FakeClock) -> None:
-    key = store.keys.otp("u1", "login")
-    assert await store.issue_otp(key, record(clock.time()), [], clock.time()) is None
-    first = await store.verify_otp(key, "h" * 64, clock.time())
-    second = await store.verify_otp(key, "h" * 64, clock.time())
+    assert await store.issue_otp("u1", record(clock.time()), [], clock.time()) is None
+    first = await store.verify_otp("u1", "login", "h" * 64, clock.time())
+    second = await store.verify_otp("u1", "login", "h" * 64, clock.time())
     assert first.result.verified
     assert first.otp_id == f"otp_{clock.time()}"
     assert second.result.reason is VerifyReason.NO_ACTIVE_CODE
@@ -38,56 +46,55 @@ async def test_correct_code_verifies_once_then_is_gone(store: Store, clock: Fake
 async def test_wrong_codes_count_down_then_even_the_right_code_is_refused(
     store: Store, clock: FakeClock
 ) -> None:
-    key = store.keys.otp("u1", "login")
-    await store.issue_otp(key, record(clock.time(), max_attempts=3), [], clock.time())
-    lefts = [(await store.verify_otp(key, "x" * 64, clock.time())).result for _ in range(3)]
+    await store.issue_otp("u1", record(clock.time(), max_attempts=3), [], clock.time())
+    lefts = [
+        (await store.verify_otp("u1", "login", "x" * 64, clock.time())).result for _ in range(3)
+    ]
     assert [(r.reason, r.attempts_left) for r in lefts] == [
         (VerifyReason.INVALID_CODE, 2),
         (VerifyReason.INVALID_CODE, 1),
         (VerifyReason.INVALID_CODE, 0),
     ]
-    dead = await store.verify_otp(key, "h" * 64, clock.time())
+    dead = await store.verify_otp("u1", "login", "h" * 64, clock.time())
     assert dead.result.reason is VerifyReason.TOO_MANY_ATTEMPTS
     assert not dead.result.verified
 
 
 async def test_expired_code_is_no_active_code(store: Store, clock: FakeClock) -> None:
-    key = store.keys.otp("u1", "login")
-    await store.issue_otp(key, record(clock.time(), ttl=60), [], clock.time())
+    await store.issue_otp("u1", record(clock.time(), ttl=60), [], clock.time())
     clock.advance(60)
-    outcome = await store.verify_otp(key, "h" * 64, clock.time())
+    outcome = await store.verify_otp("u1", "login", "h" * 64, clock.time())
     assert outcome.result.reason is VerifyReason.NO_ACTIVE_CODE
 
 
 async def test_new_code_replaces_the_previous_one_and_resets_attempts(
     store: Store, clock: FakeClock
 ) -> None:
-    key = store.keys.otp("u1", "login")
-    await store.issue_otp(key, record(clock.time(), code_hash="a" * 64), [], clock.time())
-    await store.verify_otp(key, "x" * 64, clock.time())
-    await store.issue_otp(key, record(clock.time(), code_hash="b" * 64), [], clock.time())
-    old = await store.verify_otp(key, "a" * 64, clock.time())
+    await store.issue_otp("u1", record(clock.time(), code_hash="a" * 64), [], clock.time())
+    await store.verify_otp("u1", "login", "x" * 64, clock.time())
+    await store.issue_otp("u1", record(clock.time(), code_hash="b" * 64), [], clock.time())
+    old = await store.verify_otp("u1", "login", "a" * 64, clock.time())
     assert old.result.reason is VerifyReason.INVALID_CODE
     assert old.result.attempts_left == 2
-    assert (await store.verify_otp(key, "b" * 64, clock.time())).result.verified
+    assert (await store.verify_otp("u1", "login", "b" * 64, clock.time())).result.verified
 
 
 async def test_codes_of_different_purposes_and_users_are_independent(
     store: Store, clock: FakeClock
 ) -> None:
     now = clock.time()
-    await store.issue_otp(store.keys.otp("u1", "login"), record(now, "a" * 64), [], now)
-    await store.issue_otp(store.keys.otp("u1", "reset"), record(now, "b" * 64), [], now)
-    await store.issue_otp(store.keys.otp("u2", "login"), record(now, "c" * 64), [], now)
-    assert (await store.verify_otp(store.keys.otp("u1", "reset"), "b" * 64, now)).result.verified
-    assert (await store.verify_otp(store.keys.otp("u2", "login"), "c" * 64, now)).result.verified
-    assert (await store.verify_otp(store.keys.otp("u1", "login"), "a" * 64, now)).result.verified
+    await store.issue_otp("u1", record(now, "a" * 64), [], now)
+    await store.issue_otp("u1", record(now, "b" * 64, purpose="reset"), [], now)
+    await store.issue_otp("u2", record(now, "c" * 64), [], now)
+    assert (await store.verify_otp("u1", "reset", "b" * 64, now)).result.verified
+    assert (await store.verify_otp("u2", "login", "c" * 64, now)).result.verified
+    assert (await store.verify_otp("u1", "login", "a" * 64, now)).result.verified
 
 
 async def test_limit_allows_exactly_n_in_the_window_and_reports_when_to_retry(
     store: Store, clock: FakeClock
 ) -> None:
-    lim = Limit("user_hour", store.keys.user_limit("u1", "otp", 3600), 3, 3600)
+    lim = Limit("user_hour", Bucket.user("u1", "otp"), 3, 3600)
     for i in range(3):
         assert await store.hit_limits([lim], f"m{i}", clock.time()) is None
         clock.advance(100)
@@ -101,7 +108,7 @@ async def test_limit_allows_exactly_n_in_the_window_and_reports_when_to_retry(
 
 
 async def test_refused_hits_are_not_counted(store: Store, clock: FakeClock) -> None:
-    lim = Limit("s", store.keys.global_limit("x", 60), 1, 60)
+    lim = Limit("s", Bucket.shared("x"), 1, 60)
     assert await store.hit_limits([lim], "a", clock.time()) is None
     for i in range(5):
         assert await store.hit_limits([lim], f"r{i}", clock.time()) is not None
@@ -110,8 +117,8 @@ async def test_refused_hits_are_not_counted(store: Store, clock: FakeClock) -> N
 
 
 async def test_limits_are_all_or_nothing(store: Store, clock: FakeClock) -> None:
-    loose = Limit("loose", store.keys.global_limit("loose", 60), 10, 60)
-    tight = Limit("tight", store.keys.global_limit("tight", 60), 1, 60)
+    loose = Limit("loose", Bucket.shared("loose"), 10, 60)
+    tight = Limit("tight", Bucket.shared("tight"), 1, 60)
     assert await store.hit_limits([tight], "t", clock.time()) is None
     refused = await store.hit_limits([loose, tight], "both", clock.time())
     assert refused is not None and refused.scope == "tight"
@@ -121,16 +128,8 @@ async def test_limits_are_all_or_nothing(store: Store, clock: FakeClock) -> None
     assert await store.hit_limits([loose], "over", clock.time()) is not None
 
 
-async def test_check_without_consume_counts_nothing(store: Store, clock: FakeClock) -> None:
-    lim = Limit("s", store.keys.global_limit("peek", 60), 1, 60)
-    for _ in range(3):
-        assert await store.hit_limits([lim], "p", clock.time(), consume=False) is None
-    assert await store.hit_limits([lim], "real", clock.time()) is None
-    assert await store.hit_limits([lim], "p", clock.time(), consume=False) is not None
-
-
 async def test_distinct_limit_counts_members_not_hits(store: Store, clock: FakeClock) -> None:
-    lim = Limit("range", store.keys.global_limit("range", 600), 2, 600, distinct=True)
+    lim = Limit("range", Bucket.shared("range"), 2, 600, distinct=True)
     assert await store.hit_limits([lim], "n1", clock.time()) is None
     assert await store.hit_limits([lim], "n2", clock.time()) is None
     assert await store.hit_limits([lim], "n1", clock.time()) is None  # seen: passes
@@ -141,17 +140,16 @@ async def test_distinct_limit_counts_members_not_hits(store: Store, clock: FakeC
 async def test_issue_refused_by_a_limit_keeps_the_previous_code(
     store: Store, clock: FakeClock
 ) -> None:
-    key = store.keys.otp("u1", "login")
-    lim = Limit("user_hour", store.keys.user_limit("u1", "otp", 3600), 1, 3600)
+    lim = Limit("user_hour", Bucket.user("u1", "otp"), 1, 3600)
     now = clock.time()
-    assert await store.issue_otp(key, record(now, "a" * 64), [lim], now) is None
-    refused = await store.issue_otp(key, record(now, "b" * 64), [lim], now)
+    assert await store.issue_otp("u1", record(now, "a" * 64), [lim], now) is None
+    refused = await store.issue_otp("u1", record(now, "b" * 64), [lim], now)
     assert refused is not None and refused.scope == "user_hour"
-    assert (await store.verify_otp(key, "a" * 64, now)).result.verified
+    assert (await store.verify_otp("u1", "login", "a" * 64, now)).result.verified
 
 
 async def test_capped_add_stops_at_the_cap(store: Store) -> None:
-    key = store.keys.counter("spend:2026-11-22")
+    key = "spend:2026-11-22"
     added, total = await store.capped_add(key, 0.4, 1.0, 3600)
     assert added
     assert total == pytest.approx(0.4)
@@ -183,6 +181,30 @@ async def test_task_records_round_trip_and_update(store: Store, clock: FakeClock
 
 
 async def test_remember_keeps_the_first_value(store: Store) -> None:
-    key = store.keys.idempotency("messages", "k1")
-    assert await store.remember(key, "first", 60) is None
-    assert await store.remember(key, "second", 60) == "first"
+    assert await store.remember("messages", "k1", "first", 60) is None
+    assert await store.remember("messages", "k1", "second", 60) == "first"
+    assert await store.remember("other", "k1", "third", 60) is None
+
+
+async def test_a_registered_backend_serves_a_whole_daemon(
+    make_config: ConfigFactory, clock: FakeClock
+) -> None:
+    from otpd.app import Otpd
+    from tests.store.conftest import WrappedStore
+
+    wrapped = WrappedStore(MemoryStore(clock=clock))
+    async with Otpd(make_config(), clock=clock, store=wrapped) as daemon:
+        captured: list[str] = []
+        enqueue = daemon.dispatcher.enqueue
+
+        async def capture(message: Message, *, task_id: str | None = None) -> TaskRecord:
+            captured.append(message.text)
+            return await enqueue(message, task_id=task_id)
+
+        daemon.dispatcher.enqueue = capture  # type: ignore[method-assign]
+        await daemon.otp.issue(user_id="u1", channel="email", email="a@example.com")
+        code = re.search(r"\b(\d{6})\b", captured[0])
+        assert code is not None
+        assert (await daemon.otp.verify(user_id="u1", code=code.group(1))).verified
+    assert daemon.store is wrapped
+    assert wrapped.calls >= 4  # issue, task record, verify, and the delivery's status writes

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import email
 import email.policy
 import gzip
@@ -11,71 +10,34 @@ import random
 import re
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web_request
-from aiohttp.test_utils import TestClient
 
 from otpd.app import Otpd
 from otpd.clock import FakeClock, rfc3339
 from otpd.config import Config, load_config
 from otpd.crypto import api_key_digest
 from otpd.errors import UnavailableError
+from tests.api.helpers import (
+    EMAIL,
+    MOBILE,
+    Client,
+    Start,
+    assert_error,
+    error_of,
+    wait_task,
+)
 from tests.conftest import ConfigFactory, free_port, open_client, outbox_files, wait_for_port
 
-Client = TestClient[Any, Any]
-Start = Callable[..., Awaitable[tuple[Otpd, Client]]]
-
-EMAIL = "user@example.com"
-MOBILE = "+491701234567"  # a German mobile number: valid and SMS-capable
 LANDLINE = "+442071838750"  # a London fixed line: valid, but cannot receive SMS
 API_KEY = "k-0123456789abcdef0123456789abcdef"
 
 
 # ---------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-async def start(make_config: ConfigFactory, backend: str, clock: FakeClock) -> AsyncIterator[Start]:
-    """Open a daemon with extra config sections on the parametrized store, plus a client."""
-    async with AsyncExitStack() as stack:
-
-        async def factory(**sections: dict[str, Any]) -> tuple[Otpd, Client]:
-            config = make_config(backend, **sections)
-            daemon = await stack.enter_async_context(Otpd(config, clock=clock))
-            client = await open_client(daemon)
-            stack.push_async_callback(client.close)
-            return daemon, client
-
-        yield factory
-
-
-def assert_error(body: Any, code: str | None = None) -> dict[str, Any]:
-    """The uniform error shape, exactly; returns ``details``."""
-    assert isinstance(body, dict)
-    assert set(body) == {"error"}
-    err = body["error"]
-    assert set(err) == {"code", "message", "details"}
-    assert isinstance(err["code"], str)
-    assert re.fullmatch(r"[a-z][a-z0-9_]*", err["code"])
-    assert isinstance(err["message"], str)
-    assert err["message"]
-    assert isinstance(err["details"], dict)
-    if code is not None:
-        assert err["code"] == code, body
-    details: dict[str, Any] = err["details"]
-    return details
-
-
-async def error_of(resp: Any, status: int, code: str) -> dict[str, Any]:
-    assert resp.status == status, await resp.text()
-    assert resp.content_type == "application/json"
-    return assert_error(await resp.json(), code)
 
 
 async def issue(
@@ -102,21 +64,6 @@ async def verify(client: Client, code: str, user_id: str = "u1", **extra: Any) -
     assert resp.status == 200, await resp.text()
     data: dict[str, Any] = await resp.json()
     return data
-
-
-async def wait_task(
-    client: Client, task_id: str, *, headers: dict[str, str] | None = None
-) -> dict[str, Any]:
-    """Poll the task until it is final (bounded)."""
-    body: dict[str, Any] = {}
-    for _ in range(500):
-        resp = await client.get(f"/v1/tasks/{task_id}", headers=headers)
-        assert resp.status == 200, await resp.text()
-        body = await resp.json()
-        if body["status"] in ("sent", "failed"):
-            return body
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"task {task_id} never finished: {body}")
 
 
 def code_in(path: Path) -> str:

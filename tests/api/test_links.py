@@ -4,103 +4,35 @@ both stores: request -> link in the outbox -> check/confirm -> the token is spen
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import json
 import random
-import re
 import statistics
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
-from email.message import EmailMessage
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-import pytest
 import structlog
-from aiohttp.test_utils import TestClient
 
-from otpd.api import HttpServer
+from otpd.api import HOSTED_VERIFY_PATH, HttpServer
 from otpd.app import Otpd
 from otpd.clock import FakeClock, rfc3339
-from otpd.config import Config
-from otpd.services.tokens import HOSTED_VERIFY_PATH
-from tests.conftest import ConfigFactory, open_client, outbox_files
-
-Client = TestClient[Any, Any]
-Start = Callable[..., Awaitable[tuple[Otpd, Client]]]
+from tests.api.helpers import (
+    Client,
+    Start,
+    body_of,
+    link_in,
+    newest_mail,
+    parse_eml,
+    token_of,
+    wait_task,
+)
+from tests.conftest import ConfigFactory, outbox_files
 
 HOUR = 3600
 DAY = 86400
 EMAIL = "ada@example.com"
-TOKEN_IN_TEXT = re.compile(r"https?://\S+?[?&]token=([A-Za-z0-9._\-]+)")
 
 
 # ---------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-async def start(make_config: ConfigFactory, backend: str, clock: FakeClock) -> AsyncIterator[Start]:
-    """Open a daemon with extra config sections on the parametrized store, plus a client."""
-    async with AsyncExitStack() as stack:
-
-        async def factory(**sections: dict[str, Any]) -> tuple[Otpd, Client]:
-            daemon = await stack.enter_async_context(
-                Otpd(make_config(backend, **sections), clock=clock)
-            )
-            client = await open_client(daemon)
-            stack.push_async_callback(client.close)
-            return daemon, client
-
-        yield factory
-
-
-async def wait_task(client: Client, task_id: str) -> dict[str, Any]:
-    """Poll the task until it is final (bounded)."""
-    body: dict[str, Any] = {}
-    for _ in range(500):
-        resp = await client.get(f"/v1/tasks/{task_id}")
-        assert resp.status == 200, await resp.text()
-        body = await resp.json()
-        if body["status"] in ("sent", "failed"):
-            return body
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"task {task_id} never finished: {body}")
-
-
-def parse_eml(path: Path) -> EmailMessage:
-    msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
-
-
-def body_of(msg: EmailMessage, subtype: str) -> str:
-    part = msg.get_body(preferencelist=(subtype,))
-    assert part is not None, f"no text/{subtype} part"
-    content: str = part.get_content()
-    return content
-
-
-def newest_mail(config: Config, tag: str) -> EmailMessage:
-    files = [p for p in outbox_files(config, ".eml") if f"-{tag}-" in p.name]
-    assert files, f"no {tag} email in the outbox"
-    return parse_eml(max(files, key=lambda p: p.name))
-
-
-def link_in(msg: EmailMessage) -> str:
-    """The one link carrying a token, which the text and HTML parts must agree on."""
-    text_links = {m.group(0) for m in TOKEN_IN_TEXT.finditer(body_of(msg, "plain"))}
-    assert len(text_links) == 1, text_links
-    (link,) = text_links
-    assert f'href="{link}"' in body_of(msg, "html")
-    return link
-
-
-def token_of(link: str) -> str:
-    (token,) = parse_qs(urlsplit(link).query)["token"]
-    return token
 
 
 async def post(client: Client, path: str, body: dict[str, Any]) -> tuple[int, Any]:

@@ -1,4 +1,4 @@
-"""Link tokens: the store operations on both stores, and the token service without HTTP."""
+"""The link service without HTTP: token format, single use, limits, audit reasons."""
 
 from __future__ import annotations
 
@@ -13,131 +13,16 @@ from otpd.app import Otpd
 from otpd.clock import FakeClock
 from otpd.errors import InvalidTokenError, RateLimitedError
 from otpd.models import Message
-from otpd.services.tokens import TokenService
-from otpd.store.base import Limit, Store, TokenCheck, TokenRecord
+from otpd.services.links import LinkService
 
 VERIFY = "email_verification"
 RESET = "password_reset"
 
 
-def record(now: float, token_hash: str = "h" * 64, ttl: float = 3600, **kw: Any) -> TokenRecord:
-    fields: dict[str, Any] = {
-        "token_id": f"tok_{now}",
-        "token_hash": token_hash,
-        "purpose": RESET,
-        "user_id": "u1",
-        "email": "ada@example.com",
-        "created_at": now,
-        "expires_at": now + ttl,
-        "client_ip": "203.0.113.9",
-        "user_agent": "pytest",
-    }
-    fields.update(kw)
-    return TokenRecord(**fields)
-
-
-# ---------------------------------------------------------------- store, both backends
-
-
-async def test_store_checks_without_consuming_and_confirm_consumes_once(
-    store: Store, clock: FakeClock
-) -> None:
-    key = store.keys.token("ref1", RESET)
-    now = clock.time()
-    assert await store.issue_token(key, record(now), [], now) is None
-    for _ in range(2):
-        checked = await store.use_token(key, "h" * 64, RESET, now, consume=False)
-        assert checked.check is TokenCheck.OK
-        assert checked.record == record(now)
-    used = await store.use_token(key, "h" * 64, RESET, now, consume=True)
-    assert used.check is TokenCheck.OK
-    assert used.record is not None
-    assert (used.record.user_id, used.record.email) == ("u1", "ada@example.com")
-    again = await store.use_token(key, "h" * 64, RESET, now, consume=True)
-    assert again == type(again)(TokenCheck.UNKNOWN)
-
-
-async def test_store_refuses_a_wrong_hash_or_purpose_without_consuming(
-    store: Store, clock: FakeClock
-) -> None:
-    key = store.keys.token("ref1", RESET)
-    now = clock.time()
-    await store.issue_token(key, record(now), [], now)
-    wrong = await store.use_token(key, "x" * 64, RESET, now, consume=True)
-    assert (wrong.check, wrong.record, wrong.user_id) == (TokenCheck.MISMATCH, None, "u1")
-    other = await store.use_token(key, "h" * 64, VERIFY, now, consume=True)
-    assert other.check is TokenCheck.MISMATCH
-    assert (await store.use_token(key, "h" * 64, RESET, now, consume=True)).check is TokenCheck.OK
-
-
-async def test_store_treats_a_token_at_its_expiry_as_expired_and_drops_it(
-    store: Store, clock: FakeClock
-) -> None:
-    key = store.keys.token("ref1", RESET)
-    now = clock.time()
-    await store.issue_token(key, record(now, ttl=60), [], now)
-    clock.advance(59.5)
-    assert (await store.use_token(key, "h" * 64, RESET, clock.time(), consume=False)).check is (
-        TokenCheck.OK
-    )
-    clock.advance(0.5)
-    expired = await store.use_token(key, "h" * 64, RESET, clock.time(), consume=True)
-    assert (expired.check, expired.user_id) == (TokenCheck.EXPIRED, "u1")
-    gone = await store.use_token(key, "h" * 64, RESET, clock.time(), consume=True)
-    assert gone.check is TokenCheck.UNKNOWN
-
-
-async def test_store_issue_replaces_the_previous_token_of_the_owner(
-    store: Store, clock: FakeClock
-) -> None:
-    key = store.keys.token("ref1", RESET)
-    now = clock.time()
-    await store.issue_token(key, record(now, "a" * 64), [], now)
-    await store.issue_token(key, record(now + 1, "b" * 64), [], now + 1)
-    old = await store.use_token(key, "a" * 64, RESET, now + 2, consume=True)
-    assert old.check is TokenCheck.MISMATCH
-    new = await store.use_token(key, "b" * 64, RESET, now + 2, consume=True)
-    assert new.check is TokenCheck.OK
-
-
-async def test_store_issue_counts_limits_and_stores_nothing_once_full(
-    store: Store, clock: FakeClock
-) -> None:
-    key = store.keys.token("ref1", RESET)
-    limit = Limit("email_hour", store.keys.address_limit("addr1", RESET, 3600), 2, 3600)
-    now = clock.time()
-    for i in range(2):
-        rec = record(now + i, f"{i}" * 64, token_id=f"tok_{i}")
-        assert await store.issue_token(key, rec, [limit], now + i) is None
-    refused = await store.issue_token(key, record(now + 2, "9" * 64), [limit], now + 2)
-    assert refused is not None
-    assert refused.scope == "email_hour"
-    assert refused.retry_after == pytest.approx(3600 - 2)
-    # the refused issue left the live token alone
-    assert (await store.use_token(key, "1" * 64, RESET, now + 3, consume=False)).check is (
-        TokenCheck.OK
-    )
-    assert (await store.use_token(key, "9" * 64, RESET, now + 3, consume=False)).check is (
-        TokenCheck.MISMATCH
-    )
-
-
-async def test_store_lets_exactly_one_of_many_concurrent_confirms_through(
-    store: Store, clock: FakeClock
-) -> None:
-    key = store.keys.token("ref1", RESET)
-    now = clock.time()
-    await store.issue_token(key, record(now), [], now)
-    outcomes = await asyncio.gather(
-        *(store.use_token(key, "h" * 64, RESET, now, consume=True) for _ in range(50))
-    )
-    assert sorted(o.check.value for o in outcomes) == ["ok"] + ["unknown"] * 49
-
-
 # ---------------------------------------------------------------- the service
 
 
-def links(otpd: Otpd) -> TokenService:
+def links(otpd: Otpd) -> LinkService:
     return otpd.links
 
 

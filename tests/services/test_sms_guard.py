@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -14,16 +13,17 @@ import pytest
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
+from otpd.api.routes import OTPD
 from otpd.app import Otpd
 from otpd.clock import FakeClock
-from otpd.config import SmsConfig
-from otpd.crypto import Hasher
+from otpd.config import Config, SmsConfig
 from otpd.errors import RateLimitedError, SmsBlockedError, ValidationError
 from otpd.metrics import Metrics
 from otpd.redaction import mask_phone
 from otpd.services.sms_guard import SmsGuard
 from otpd.store import Store
-from tests.conftest import TEST_SECRET, ConfigFactory, open_client, outbox_files
+from tests.conftest import ConfigFactory, open_client, outbox_files, wait_idle
+from tests.services.helpers import service_deps
 
 US = "+14155552671"
 GB = "+447911234567"
@@ -64,13 +64,8 @@ def make_guard(store: Store, clock: FakeClock) -> GuardFactory:
     """``make_guard(global_hour=3)``: a guard on the parametrized store, other rules quiet."""
 
     def factory(**sms: Any) -> SmsGuard:
-        return SmsGuard(
-            SmsConfig(**{**QUIET, **sms}),
-            store=store,
-            hasher=Hasher(TEST_SECRET.encode()),
-            clock=clock,
-            metrics=Metrics(),
-        )
+        config = Config(sms=SmsConfig(**{**QUIET, **sms}))
+        return SmsGuard(config.sms, service_deps(config, store, clock))
 
     return factory
 
@@ -324,12 +319,9 @@ async def post_otp(client: TestClient[Any, Any], **body: Any) -> tuple[int, dict
 
 
 async def wait_sent(client: TestClient[Any, Any], task_id: str) -> None:
-    async with asyncio.timeout(5):
-        while True:
-            resp = await client.get(f"/v1/tasks/{task_id}")
-            if (await resp.json())["status"] == "sent":
-                return
-            await asyncio.sleep(0.01)
+    await wait_idle(client.app[OTPD])
+    resp = await client.get(f"/v1/tasks/{task_id}")
+    assert (await resp.json())["status"] == "sent"
 
 
 async def test_http_sms_to_a_country_not_allowed_answers_422_on_phone(

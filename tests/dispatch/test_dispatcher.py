@@ -5,19 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
 
 from otpd.clock import FakeClock
-from otpd.config import BreakerConfig, DispatchConfig, EmailConfig, SmsConfig
+from otpd.config import BreakerConfig, Config, DispatchConfig, EmailConfig
 from otpd.crypto import Hasher
-from otpd.dispatch import Dispatcher, RetryPolicy, SendLimiter
+from otpd.dispatch import Admission, Dispatcher, RetryPolicy
 from otpd.errors import UnavailableError
 from otpd.metrics import Metrics
 from otpd.models import Channel, Message, SendResult, TaskRecord, TaskStatus
 from otpd.providers.chain import ProviderChain
+from otpd.services.limits import LimitPolicy, SendingLimits
 from otpd.store.base import Store
 from tests.fakes import ScriptedProvider, permanent, transient
 
@@ -42,7 +43,7 @@ async def running(
     provider: ScriptedProvider,
     config: DispatchConfig,
     clock: FakeClock,
-    limiter: SendLimiter | None = None,
+    admission: Admission | None = None,
 ) -> AsyncIterator[Dispatcher]:
     metrics = Metrics()
     chain = ProviderChain(
@@ -55,23 +56,28 @@ async def running(
     async with (
         chain,
         Dispatcher(
-            store, {Channel.EMAIL: chain}, config, clock=clock, metrics=metrics, limiter=limiter
+            store, {Channel.EMAIL: chain}, config, clock=clock, metrics=metrics, admission=admission
         ) as dispatcher,
     ):
         yield dispatcher
 
 
-async def until(store: Store, task_id: str, done: Callable[[TaskRecord], bool]) -> TaskRecord:
-    for _ in range(400):
-        record = await store.get_task(task_id)
-        if record is not None and done(record):
-            return record
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"task {task_id} never reached the expected state: {record}")
+async def settled(dispatcher: Dispatcher, task_id: str) -> TaskRecord:
+    """The task's record once every accepted task is final (the dispatcher went idle)."""
+    async with asyncio.timeout(5):
+        await dispatcher.wait_idle()
+    record = await dispatcher.store.get_task(task_id)
+    assert record is not None and record.status.final, record
+    return record
 
 
-def final(record: TaskRecord) -> bool:
-    return record.status.final
+async def between_attempts(dispatcher: Dispatcher, task_id: str) -> TaskRecord:
+    """The task's record once nothing is queued or in flight, only retries waiting."""
+    async with asyncio.timeout(5):
+        await dispatcher.queue.join()
+    record = await dispatcher.store.get_task(task_id)
+    assert record is not None
+    return record
 
 
 async def test_delivered_task_is_recorded_as_sent(store: Store, clock: FakeClock) -> None:
@@ -79,7 +85,7 @@ async def test_delivered_task_is_recorded_as_sent(store: Store, clock: FakeClock
     async with running(store, provider, fast(), clock) as dispatcher:
         queued = await dispatcher.enqueue(MSG)
         assert (await store.get_task(queued.task_id)) is not None
-        record = await until(store, queued.task_id, final)
+        record = await settled(dispatcher, queued.task_id)
     assert (record.status, record.attempts, record.provider) == (TaskStatus.SENT, 1, "outbox")
     assert provider.sent == [MSG]
 
@@ -88,7 +94,7 @@ async def test_transient_failure_is_retried_then_delivered(store: Store, clock: 
     provider = ScriptedProvider("outbox", [transient(), transient()])
     async with running(store, provider, fast(), clock) as dispatcher:
         queued = await dispatcher.enqueue(MSG)
-        record = await until(store, queued.task_id, final)
+        record = await settled(dispatcher, queued.task_id)
     assert (record.status, record.attempts, record.last_error) == (TaskStatus.SENT, 3, "")
 
 
@@ -97,17 +103,17 @@ async def test_retrying_status_is_visible_between_attempts(store: Store, clock: 
     config = fast(backoff_base_seconds=0.3, backoff_max_seconds=0.3)
     async with running(store, provider, config, clock) as dispatcher:
         queued = await dispatcher.enqueue(MSG)
-        waiting = await until(store, queued.task_id, lambda r: r.status is TaskStatus.RETRYING)
+        waiting = await between_attempts(dispatcher, queued.task_id)
         assert waiting.attempts == 1
         assert waiting.last_error.startswith("all_providers_failed")
-        assert (await until(store, queued.task_id, final)).status is TaskStatus.SENT
+        assert (await settled(dispatcher, queued.task_id)).status is TaskStatus.SENT
 
 
 async def test_task_fails_after_max_attempts(store: Store, clock: FakeClock) -> None:
     provider = ScriptedProvider("outbox", default=transient())
     async with running(store, provider, fast(max_attempts=3), clock) as dispatcher:
         queued = await dispatcher.enqueue(MSG)
-        record = await until(store, queued.task_id, final)
+        record = await settled(dispatcher, queued.task_id)
     assert (record.status, record.attempts) == (TaskStatus.FAILED, 3)
     assert provider.calls == 3
 
@@ -116,7 +122,7 @@ async def test_permanent_failure_is_not_retried(store: Store, clock: FakeClock) 
     provider = ScriptedProvider("outbox", default=permanent("smtp_550"))
     async with running(store, provider, fast(), clock) as dispatcher:
         queued = await dispatcher.enqueue(MSG)
-        record = await until(store, queued.task_id, final)
+        record = await settled(dispatcher, queued.task_id)
     assert (record.status, record.attempts, record.provider) == (TaskStatus.FAILED, 1, "outbox")
     assert record.last_error.startswith("smtp_550")
 
@@ -156,7 +162,7 @@ async def test_pending_retry_at_shutdown_ends_failed(store: Store, clock: FakeCl
     config = fast(backoff_base_seconds=30, backoff_max_seconds=30)
     async with running(store, provider, config, clock) as d:
         queued = await d.enqueue(MSG)
-        await until(store, queued.task_id, lambda r: r.status is TaskStatus.RETRYING)
+        await between_attempts(d, queued.task_id)
     record = await store.get_task(queued.task_id)
     assert record is not None and record.status is TaskStatus.FAILED
     assert d.last_report is not None and d.last_report.unfinished == (queued.task_id,)
@@ -187,17 +193,13 @@ async def test_full_queue_refuses_new_work(store: Store, clock: FakeClock) -> No
 async def test_message_over_the_recipient_limit_ends_failed_rate_limited(
     store: Store, clock: FakeClock
 ) -> None:
-    limiter = SendLimiter(
-        EmailConfig(per_recipient_hour=2),
-        SmsConfig(),
-        store=store,
-        hasher=Hasher(b"k" * 32),
-    )
+    config = Config(email=EmailConfig(per_recipient_hour=2))
+    limiter = SendingLimits(LimitPolicy(config, Hasher(b"k" * 32), Metrics()), store)
     provider = ScriptedProvider("outbox")
     async with running(store, provider, fast(), clock, limiter) as d:
         ids = [(await d.enqueue(MSG)).task_id for _ in range(3)]
         other = await d.enqueue(Message(Channel.EMAIL, "b@example.com", "t", "s"))
-        records = [await until(store, i, final) for i in [*ids, other.task_id]]
+        records = [await settled(d, i) for i in [*ids, other.task_id]]
     statuses = [r.status for r in records]
     assert statuses.count(TaskStatus.SENT) == 3
     [refused] = [r for r in records if r.status is TaskStatus.FAILED]
@@ -216,11 +218,11 @@ async def test_worker_survives_an_internal_error(store: Store, clock: FakeClock)
                 raise RuntimeError("store exploded")
 
     provider = ScriptedProvider("outbox")
-    async with running(store, provider, fast(workers=1), clock, BrokenOnce()) as d:  # type: ignore[arg-type]
+    async with running(store, provider, fast(workers=1), clock, BrokenOnce()) as d:
         first = await d.enqueue(MSG)
         second = await d.enqueue(MSG)
-        broken = await until(store, first.task_id, final)
-        fine = await until(store, second.task_id, final)
+        broken = await settled(d, first.task_id)
+        fine = await settled(d, second.task_id)
     assert broken.status is TaskStatus.FAILED
     assert broken.last_error == "internal error during delivery"
     assert fine.status is TaskStatus.SENT

@@ -1,22 +1,22 @@
-"""Redis backend: one Lua script per operation, one round trip each."""
+"""The Redis store: one Lua script per operation, one round trip each."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
 
 import redis.asyncio as aioredis
-from redis import exceptions as redis_errors
 from redis.commands.core import AsyncScript
 
 from otpd.config import StoreConfig
 from otpd.errors import UnavailableError
+from otpd.metrics import Metrics
 from otpd.models import Channel, TaskRecord, TaskStatus, VerifyReason, VerifyResult
 from otpd.store.base import (
+    TOKEN_FIELDS,
     Limit,
     LimitExceeded,
     OtpRecord,
@@ -25,16 +25,27 @@ from otpd.store.base import (
     TokenRecord,
     VerifyOutcome,
 )
-from otpd.store.keys import Keys
+from otpd.store.keys import KeyLayout
+from otpd.store.redis.errors import StoreHealth, error_kind
 
 __all__ = ["RedisStore", "load_script"]
 
 T = TypeVar("T")
 
+_SCRIPTS = ("put_limited", "verify_otp", "hit_limits", "capped_add", "use_token")
+
+# The fields of multi-value script replies, named once here (the scripts say the same).
+_LIMITS_REPLY = ("allowed", "index", "retry_ms")  # limits.lua, put_limited, hit_limits
+_VERIFY_REPLY = ("reason", "attempts_left", "otp_id", "channel")  # verify_otp.lua
+
+
+def _reply(names: tuple[str, ...], values: Sequence[Any]) -> dict[str, Any]:
+    return dict(zip(names, values, strict=False))
+
 
 def load_script(name: str) -> str:
     """The source of a Lua script with the shared limits prelude in front of it."""
-    lua = resources.files("otpd.store") / "lua"
+    lua = resources.files("otpd.store.redis") / "lua"
     return (lua / "limits.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
 
@@ -42,26 +53,13 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
-def _limit_args(limits: Sequence[Limit]) -> tuple[list[str], list[int | str]]:
-    keys = [lim.key for lim in limits]
-    args: list[int | str] = []
-    for lim in limits:
-        args += [lim.limit, lim.window * 1000, int(lim.distinct), lim.member]
-    return keys, args
-
-
-def _refusal(limits: Sequence[Limit], reply: list[Any]) -> LimitExceeded | None:
-    if int(reply[0]) == 1:
-        return None
-    return LimitExceeded(limits[int(reply[1]) - 1].scope, max(0.0, float(reply[2]) / 1000))
-
-
 class RedisStore:
     """The production store. Open with ``async with RedisStore(config) as store``."""
 
-    def __init__(self, config: StoreConfig) -> None:
+    def __init__(self, config: StoreConfig, *, metrics: Metrics | None = None) -> None:
         self.config = config
-        self.keys = Keys(config.key_prefix)
+        self.layout = KeyLayout(config.key_prefix)  # public for tools and tests
+        self._health = StoreHealth(metrics or Metrics())
         self._redis: aioredis.Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
 
@@ -77,14 +75,18 @@ class RedisStore:
             decode_responses=True,
         )
         self._redis = aioredis.Redis(connection_pool=pool)
+
+        async def load() -> None:
+            assert self._redis is not None
+            await self._redis.ping()
+            for name in _SCRIPTS:
+                script = self._redis.register_script(load_script(name))
+                # Loaded once here so every later call is a single EVALSHA.
+                await self._redis.script_load(script.script)
+                self._scripts[name] = script
+
         try:
-            async with self._guard():
-                await self._redis.ping()
-                for name in ("put_limited", "verify_otp", "hit_limits", "capped_add", "use_token"):
-                    script = self._redis.register_script(load_script(name))
-                    # Loaded once here so every later call is a single EVALSHA.
-                    await self._redis.script_load(script.script)
-                    self._scripts[name] = script
+            await self._call("open", load)
         except BaseException:
             await self.aclose()
             raise
@@ -109,33 +111,50 @@ class RedisStore:
             raise UnavailableError("the store is not open")
         return self._redis
 
-    @asynccontextmanager
-    async def _guard(self) -> AsyncIterator[None]:
-        """Map Redis connection trouble to one otpd error at the boundary."""
+    async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run one store operation; every redis-py failure becomes UnavailableError."""
         try:
-            yield
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            result = await fn()
+        except Exception as exc:
+            kind = error_kind(exc)
+            if kind is None:
+                raise
+            self._health.failed(op, kind, exc)
             raise UnavailableError("the store is unavailable") from exc
-
-    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        async with self._guard():
-            return await fn()
+        self._health.answered()
+        return result
 
     async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         script = self._scripts[name]
-        return await self._call(lambda: script(keys=list(keys), args=list(args)))
+        return await self._call(name, lambda: script(keys=list(keys), args=list(args)))
+
+    def _limit_args(self, limits: Sequence[Limit]) -> tuple[list[str], list[int | str]]:
+        keys = [self.layout.limit(lim.bucket, lim.window) for lim in limits]
+        args: list[int | str] = []
+        for lim in limits:
+            args += [lim.limit, lim.window * 1000, int(lim.distinct), lim.member]
+        return keys, args
+
+    @staticmethod
+    def _refusal(limits: Sequence[Limit], values: list[Any]) -> LimitExceeded | None:
+        reply = _reply(_LIMITS_REPLY, values)
+        if int(reply["allowed"]) == 1:
+            return None
+        scope = limits[int(reply["index"]) - 1].scope
+        return LimitExceeded(scope, max(0.0, float(reply["retry_ms"]) / 1000))
 
     # ------------------------------------------------------------------ health
 
     async def ping(self) -> None:
-        await self._call(self.redis.ping)
+        await self._call("ping", self.redis.ping)
 
     # ------------------------------------------------------------------ codes
 
     async def issue_otp(
-        self, key: str, record: OtpRecord, limits: Sequence[Limit], now: float
+        self, user_id: str, record: OtpRecord, limits: Sequence[Limit], now: float
     ) -> LimitExceeded | None:
         fields = {**dataclasses.asdict(record), "attempts": 0}
+        key = self.layout.otp(user_id, record.purpose)
         return await self._put_limited(key, fields, record.otp_id, record.expires_at, limits, now)
 
     async def _put_limited(
@@ -148,7 +167,7 @@ class RedisStore:
         now: float,
     ) -> LimitExceeded | None:
         """Replace the hash at ``key`` with ``fields`` if every limit allows; one trip."""
-        limit_keys, limit_args = _limit_args(limits)
+        limit_keys, limit_args = self._limit_args(limits)
         flat: list[Any] = [part for item in fields.items() for part in item]
         ttl = max(1, _ms(expires_at - now))
         reply = await self._script(
@@ -156,67 +175,70 @@ class RedisStore:
             [key, *limit_keys],
             [_ms(now), ttl, member, len(limits), *limit_args, *flat],
         )
-        return _refusal(limits, reply)
+        return self._refusal(limits, reply)
 
-    async def verify_otp(self, key: str, code_hash: str, now: float) -> VerifyOutcome:
+    async def verify_otp(
+        self, user_id: str, purpose: str, code_hash: str, now: float
+    ) -> VerifyOutcome:
         # expires_at is stored in seconds; compare in the same unit
-        reason, left, otp_id, channel = await self._script("verify_otp", [key], [code_hash, now])
-        if reason == "ok":
-            return VerifyOutcome(VerifyResult(True), otp_id, channel)
-        result = VerifyResult(False, VerifyReason(reason), max(0, int(left)))
-        return VerifyOutcome(result, otp_id, channel)
+        key = self.layout.otp(user_id, purpose)
+        reply = _reply(_VERIFY_REPLY, await self._script("verify_otp", [key], [code_hash, now]))
+        ids = (reply["otp_id"], reply["channel"])
+        if reply["reason"] == "ok":
+            return VerifyOutcome(VerifyResult(True), *ids)
+        left = max(0, int(reply["attempts_left"]))
+        return VerifyOutcome(VerifyResult(False, VerifyReason(reply["reason"]), left), *ids)
 
     # ------------------------------------------------------------------ link tokens
 
     async def issue_token(
-        self, key: str, record: TokenRecord, limits: Sequence[Limit], now: float
+        self, owner_ref: str, record: TokenRecord, limits: Sequence[Limit], now: float
     ) -> LimitExceeded | None:
         fields = dataclasses.asdict(record)
+        key = self.layout.token(owner_ref, record.purpose)
         return await self._put_limited(key, fields, record.token_id, record.expires_at, limits, now)
 
     async def use_token(
-        self, key: str, token_hash: str, purpose: str, now: float, *, consume: bool
+        self, owner_ref: str, purpose: str, token_hash: str, now: float, *, consume: bool
     ) -> TokenOutcome:
         # expires_at is stored in seconds; compare in the same unit
+        key = self.layout.token(owner_ref, purpose)
         reply = await self._script(
-            "use_token", [key], [token_hash, now, purpose, 1 if consume else 0]
+            "use_token", [key], [token_hash, now, purpose, 1 if consume else 0, *TOKEN_FIELDS]
         )
         check = TokenCheck(reply[0])
         if check is not TokenCheck.OK:
             return TokenOutcome(check, user_id=reply[1] if len(reply) > 1 else "")
-        token_id, token_hash_, purpose_, user_id, email, created, expires, ip, agent = reply[1:]
+        values = _reply(TOKEN_FIELDS, reply[1:])
         record = TokenRecord(
-            token_id=token_id,
-            token_hash=token_hash_,
-            purpose=purpose_,
-            user_id=user_id,
-            email=email,
-            created_at=float(created),
-            expires_at=float(expires),
-            client_ip=ip,
-            user_agent=agent,
+            **{
+                **values,
+                "created_at": float(values["created_at"]),
+                "expires_at": float(values["expires_at"]),
+            }
         )
-        return TokenOutcome(check, record, user_id)
+        return TokenOutcome(check, record, record.user_id)
 
     async def hit_limits(
-        self, limits: Sequence[Limit], member: str, now: float, *, consume: bool = True
+        self, limits: Sequence[Limit], member: str, now: float
     ) -> LimitExceeded | None:
         if not limits:
             return None
-        keys, args = _limit_args(limits)
-        reply = await self._script(
-            "hit_limits", keys, [_ms(now), member, 1 if consume else 0, len(limits), *args]
-        )
-        return _refusal(limits, reply)
+        keys, args = self._limit_args(limits)
+        reply = await self._script("hit_limits", keys, [_ms(now), member, len(limits), *args])
+        return self._refusal(limits, reply)
 
-    async def capped_add(self, key: str, amount: float, cap: float, ttl: int) -> tuple[bool, float]:
+    async def capped_add(
+        self, counter: str, amount: float, cap: float, ttl: int
+    ) -> tuple[bool, float]:
+        key = self.layout.counter(counter)
         added, total = await self._script("capped_add", [key], [amount, cap, ttl])
         return int(added) == 1, float(total)
 
     # ------------------------------------------------------------------ tasks
 
     async def put_task(self, record: TaskRecord, ttl: int) -> None:
-        key = self._task_key(record.task_id)
+        key = self.layout.task(record.task_id)
         mapping: dict[Any, Any] = {
             "task_id": record.task_id,
             "channel": record.channel.value,
@@ -232,15 +254,16 @@ class RedisStore:
                 _ = pipe.expire(key, ttl)
                 await pipe.execute()
 
-        await self._call(put)
+        await self._call("put_task", put)
 
     async def update_task(self, record: TaskRecord) -> None:
-        key = self._task_key(record.task_id)
-        await self._call(lambda: self.redis.hset(key, mapping=self._task_mutable(record)))
+        key = self.layout.task(record.task_id)
+        mapping = self._task_mutable(record)
+        await self._call("update_task", lambda: self.redis.hset(key, mapping=mapping))
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
-        key = self._task_key(task_id)
-        raw = cast(dict[str, str], await self._call(lambda: self.redis.hgetall(key)))
+        key = self.layout.task(task_id)
+        raw = cast(dict[str, str], await self._call("get_task", lambda: self.redis.hgetall(key)))
         if not raw or "channel" not in raw:
             return None
         return TaskRecord(
@@ -255,9 +278,6 @@ class RedisStore:
             last_error=raw.get("last_error", ""),
         )
 
-    def _task_key(self, task_id: str) -> str:
-        return self.keys.task(task_id)
-
     @staticmethod
     def _task_mutable(record: TaskRecord) -> dict[Any, Any]:
         return {
@@ -270,6 +290,9 @@ class RedisStore:
 
     # ------------------------------------------------------------------ idempotency
 
-    async def remember(self, key: str, value: str, ttl: int) -> str | None:
-        existing = await self._call(lambda: self.redis.set(key, value, nx=True, ex=ttl, get=True))
+    async def remember(self, scope: str, ref: str, value: str, ttl: int) -> str | None:
+        key = self.layout.remembered(scope, ref)
+        existing = await self._call(
+            "remember", lambda: self.redis.set(key, value, nx=True, ex=ttl, get=True)
+        )
         return cast(str | None, existing)

@@ -17,8 +17,8 @@ from otpd.app import Otpd
 from otpd.clock import FakeClock
 from otpd.config import Config
 from otpd.crypto import api_key_digest
+from tests.api.helpers import MOBILE, Client, Start, error_of, wait_task
 from tests.conftest import ConfigFactory, open_client, outbox_files
-from tests.test_api import MOBILE, Client, Start, error_of, wait_task
 
 TO = "reader@example.com"
 

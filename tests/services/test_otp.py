@@ -16,17 +16,13 @@ from otpd.app import Otpd
 from otpd.clock import FakeClock
 from otpd.errors import RateLimitedError, ValidationError
 from otpd.models import TaskStatus, VerifyReason
-from tests.conftest import ConfigFactory, outbox_files
+from tests.conftest import ConfigFactory, outbox_files, wait_idle
 
 
 async def wait_sent(daemon: Otpd, task_ids: list[str]) -> None:
-    for _ in range(500):
-        records = [await daemon.tasks.get(t) for t in task_ids]
-        if all(r.status.final for r in records):
-            assert {r.status for r in records} == {TaskStatus.SENT}
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("tasks did not finish")
+    await wait_idle(daemon)
+    records = [await daemon.tasks.get(t) for t in task_ids]
+    assert {r.status for r in records} == {TaskStatus.SENT}
 
 
 def code_from_email(path: Path) -> str:

@@ -22,14 +22,13 @@ import pytest
 import structlog
 from aiohttp import web
 
-from otpd.api import HttpServer
+from otpd.api import HOSTED_VERIFY_PATH, HttpServer
 from otpd.app import Otpd
 from otpd.clock import FakeClock
 from otpd.config import load_config
 from otpd.errors import ConfigError
-from otpd.services.tokens import HOSTED_VERIFY_PATH
-from tests.conftest import ConfigFactory, free_port
-from tests.test_links_api import link_in, newest_mail, token_of
+from tests.api.helpers import link_in, newest_mail, token_of
+from tests.conftest import ConfigFactory, free_port, wait_idle
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -80,11 +79,9 @@ class Hosted:
         ) as resp:
             assert resp.status == 202, await resp.text()
             task_id = (await resp.json())["task_id"]
-        for _ in range(500):
-            async with self.session.get(f"{self.url}/v1/tasks/{task_id}") as resp:
-                if (await resp.json())["status"] == "sent":
-                    break
-            await asyncio.sleep(0.01)
+        await wait_idle(self.daemon)
+        async with self.session.get(f"{self.url}/v1/tasks/{task_id}") as resp:
+            assert (await resp.json())["status"] == "sent"
         return link_in(newest_mail(self.daemon.config, "email_verification"))
 
     async def confirm_by_api(self, token: str) -> int:

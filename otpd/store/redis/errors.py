@@ -1,0 +1,65 @@
+"""The one boundary where redis-py errors become otpd's: every family maps to
+:class:`~otpd.errors.UnavailableError` (503 ``unavailable``), counted and logged once per
+change of state, so a Redis outage never reaches a client as a 500 nor floods the log."""
+
+from __future__ import annotations
+
+import structlog
+from redis import exceptions as redis_errors
+
+from otpd.metrics import Metrics
+
+__all__ = ["StoreHealth", "error_kind"]
+
+log = structlog.get_logger("otpd.store")
+
+# Most specific first: ReadOnlyError and OutOfMemoryError are ResponseErrors, MovedError
+# is an AskError, BusyLoadingError and MaxConnectionsError are ConnectionErrors.
+_KINDS: tuple[tuple[type[BaseException], str], ...] = (
+    (redis_errors.ReadOnlyError, "readonly"),
+    (redis_errors.OutOfMemoryError, "oom"),
+    (redis_errors.BusyLoadingError, "loading"),
+    (redis_errors.TryAgainError, "tryagain"),
+    (redis_errors.ClusterDownError, "clusterdown"),
+    (redis_errors.AskError, "moved"),
+    (redis_errors.ClusterError, "cluster"),
+    (redis_errors.RedisClusterException, "cluster"),
+    (redis_errors.AuthenticationError, "auth"),
+    (redis_errors.AuthorizationError, "auth"),
+    (redis_errors.NoPermissionError, "auth"),
+    (redis_errors.MaxConnectionsError, "pool_exhausted"),
+    (redis_errors.TimeoutError, "timeout"),
+    (TimeoutError, "timeout"),
+    (redis_errors.ConnectionError, "connection"),
+    (OSError, "connection"),
+    (redis_errors.ResponseError, "response"),
+    (redis_errors.RedisError, "redis"),
+)
+
+
+def error_kind(exc: BaseException) -> str | None:
+    """A short stable name for a store failure, or ``None`` when ``exc`` is not one."""
+    for cls, kind in _KINDS:
+        if isinstance(exc, cls):
+            return kind
+    return None
+
+
+class StoreHealth:
+    """Counts every failure in ``otpd_store_errors_total{op,kind}`` and logs a warning when
+    the store starts failing (or fails differently), and once when it answers again."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self.failing: str | None = None
+
+    def failed(self, op: str, kind: str, exc: BaseException) -> None:
+        self._metrics.store_errors.labels(op, kind).inc()
+        if self.failing != kind:
+            self.failing = kind
+            log.warning("store.unavailable", operation=op, kind=kind, error=type(exc).__name__)
+
+    def answered(self) -> None:
+        if self.failing is not None:
+            log.warning("store.recovered", after=self.failing)
+            self.failing = None

@@ -1,0 +1,59 @@
+"""Store backends by config name: ``store.backend`` picks one, and a new backend is one
+class implementing :class:`~otpd.store.base.Store` plus one :func:`register_backend` line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from otpd.clock import Clock
+from otpd.config import StoreConfig
+from otpd.metrics import Metrics
+from otpd.store.base import Store
+
+__all__ = ["StoreDeps", "StoreFactory", "backends", "create_store", "register_backend"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreDeps:
+    """What a backend may use besides its config section."""
+
+    clock: Clock
+    metrics: Metrics
+
+
+StoreFactory = Callable[[StoreConfig, StoreDeps], Store]
+
+
+def _memory(config: StoreConfig, deps: StoreDeps) -> Store:
+    from otpd.store.memory import MemoryStore
+
+    return MemoryStore(key_prefix=config.key_prefix, clock=deps.clock)
+
+
+def _redis(config: StoreConfig, deps: StoreDeps) -> Store:
+    # imported here so the dev daemon never loads redis-py
+    from otpd.store.redis import RedisStore
+
+    return RedisStore(config, metrics=deps.metrics)
+
+
+_BACKENDS: dict[str, StoreFactory] = {"memory": _memory, "redis": _redis}
+
+
+def register_backend(name: str, factory: StoreFactory) -> None:
+    """Make ``name`` a backend that :func:`create_store` can build."""
+    _BACKENDS[name] = factory
+
+
+def backends() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+def create_store(name: str, config: StoreConfig, deps: StoreDeps) -> Store:
+    """A new, unopened store of backend ``name`` (``async with`` it to connect)."""
+    try:
+        factory = _BACKENDS[name]
+    except KeyError:
+        raise LookupError(f"no store backend {name!r} (known: {backends()})") from None
+    return factory(config, deps)

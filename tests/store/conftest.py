@@ -1,0 +1,135 @@
+"""The store contract runs on every registered backend, a wrapper registered here included:
+a new backend is one class, one ``register_backend`` line and this suite."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Self
+
+import pytest
+
+from otpd.clock import FakeClock
+from otpd.config import StoreConfig, load_config
+from otpd.metrics import Metrics
+from otpd.models import TaskRecord
+from otpd.store import (
+    Limit,
+    LimitExceeded,
+    OtpRecord,
+    Store,
+    StoreDeps,
+    TokenOutcome,
+    TokenRecord,
+    VerifyOutcome,
+    create_store,
+    register_backend,
+)
+from otpd.store.memory import MemoryStore
+
+
+class WrappedStore:
+    """A third backend as an outsider would write one: every operation delegated, with a
+    count of the calls, to a store it owns."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    async def __aenter__(self) -> Self:
+        await self.inner.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.inner.__aexit__(exc_type, exc, tb)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def ping(self) -> None:
+        self.calls += 1
+        await self.inner.ping()
+
+    async def issue_otp(
+        self, user_id: str, record: OtpRecord, limits: Sequence[Limit], now: float
+    ) -> LimitExceeded | None:
+        self.calls += 1
+        return await self.inner.issue_otp(user_id, record, limits, now)
+
+    async def verify_otp(
+        self, user_id: str, purpose: str, code_hash: str, now: float
+    ) -> VerifyOutcome:
+        self.calls += 1
+        return await self.inner.verify_otp(user_id, purpose, code_hash, now)
+
+    async def issue_token(
+        self, owner_ref: str, record: TokenRecord, limits: Sequence[Limit], now: float
+    ) -> LimitExceeded | None:
+        self.calls += 1
+        return await self.inner.issue_token(owner_ref, record, limits, now)
+
+    async def use_token(
+        self, owner_ref: str, purpose: str, token_hash: str, now: float, *, consume: bool
+    ) -> TokenOutcome:
+        self.calls += 1
+        return await self.inner.use_token(owner_ref, purpose, token_hash, now, consume=consume)
+
+    async def hit_limits(
+        self, limits: Sequence[Limit], member: str, now: float
+    ) -> LimitExceeded | None:
+        self.calls += 1
+        return await self.inner.hit_limits(limits, member, now)
+
+    async def capped_add(
+        self, counter: str, amount: float, cap: float, ttl: int
+    ) -> tuple[bool, float]:
+        self.calls += 1
+        return await self.inner.capped_add(counter, amount, cap, ttl)
+
+    async def put_task(self, record: TaskRecord, ttl: int) -> None:
+        self.calls += 1
+        await self.inner.put_task(record, ttl)
+
+    async def update_task(self, record: TaskRecord) -> None:
+        self.calls += 1
+        await self.inner.update_task(record)
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        self.calls += 1
+        return await self.inner.get_task(task_id)
+
+    async def remember(self, scope: str, ref: str, value: str, ttl: int) -> str | None:
+        self.calls += 1
+        return await self.inner.remember(scope, ref, value, ttl)
+
+
+def _wrapped(config: StoreConfig, deps: StoreDeps) -> Store:
+    return WrappedStore(MemoryStore(key_prefix=config.key_prefix, clock=deps.clock))
+
+
+register_backend("wrapped", _wrapped)
+
+
+@pytest.fixture(params=["memory", "redis", "wrapped"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every registered backend, for the contract suite."""
+    value: str = request.param
+    return value
+
+
+@pytest.fixture
+async def store(
+    backend: str, request: pytest.FixtureRequest, key_prefix: str, clock: FakeClock
+) -> AsyncIterator[Store]:
+    """A store of ``backend`` made through the registry, as the daemon makes it."""
+    data = {"key_prefix": key_prefix}
+    if backend == "redis":
+        data.update(backend="redis", redis_url=request.getfixturevalue("redis_url"))
+    config = load_config(data={"store": data}, env={}).store
+    async with create_store(backend, config, StoreDeps(clock=clock, metrics=Metrics())) as made:
+        yield made
