@@ -4,6 +4,8 @@ change of state, so a Redis outage never reaches a client as a 500 nor floods th
 
 from __future__ import annotations
 
+import time
+
 import structlog
 from redis import exceptions as redis_errors
 
@@ -47,19 +49,24 @@ def error_kind(exc: BaseException) -> str | None:
 
 class StoreHealth:
     """Counts every failure in ``otpd_store_errors_total{op,kind}`` and logs a warning when
-    the store starts failing (or fails differently), and once when it answers again."""
+    the store starts failing (or fails differently), and once when it answers again after
+    ``quiet_seconds`` without a failure (a store that fails every other call, as a full
+    Redis does, is still failing)."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, *, quiet_seconds: float = 1.0) -> None:
         self._metrics = metrics
+        self._quiet = quiet_seconds
         self.failing: str | None = None
+        self._last_failure = 0.0
 
     def failed(self, op: str, kind: str, exc: BaseException) -> None:
         self._metrics.store_errors.labels(op, kind).inc()
+        self._last_failure = time.monotonic()
         if self.failing != kind:
             self.failing = kind
             log.warning("store.unavailable", operation=op, kind=kind, error=type(exc).__name__)
 
     def answered(self) -> None:
-        if self.failing is not None:
+        if self.failing is not None and time.monotonic() - self._last_failure >= self._quiet:
             log.warning("store.recovered", after=self.failing)
             self.failing = None
