@@ -1,5 +1,6 @@
 """otpd: one-time passcodes and transactional messages, as an asyncio daemon or library."""
 
+from otpd.api import create_app
 from otpd.app import Otpd
 from otpd.config import Config, load_config
 from otpd.errors import (
@@ -32,6 +33,7 @@ __all__ = [
     "UnauthorizedError",
     "UnavailableError",
     "ValidationError",
+    "create_app",
     "load_config",
 ]
 __version__ = "0.1.0"

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from otpd.clock import Clock, SystemClock
+from otpd.errors import UnavailableError
 from otpd.models import TaskRecord, VerifyReason, VerifyResult
 from otpd.store.base import (
     Limit,
@@ -38,6 +39,7 @@ class MemoryStore:
         # key -> (value, expires_at); values are dicts, lists of hit times or strings
         self._data: dict[str, tuple[Any, float]] = {}
         self._ops = 0
+        self._closed = False
 
     async def __aenter__(self) -> Self:
         return self
@@ -51,6 +53,7 @@ class MemoryStore:
         await self.aclose()
 
     async def aclose(self) -> None:
+        self._closed = True
         self._data.clear()
 
     # ------------------------------------------------------------------ plumbing
@@ -100,7 +103,8 @@ class MemoryStore:
     # ------------------------------------------------------------------ store API
 
     async def ping(self) -> None:
-        return None
+        if self._closed:
+            raise UnavailableError("the store is closed")
 
     async def issue_otp(
         self, user_id: str, record: OtpRecord, limits: Sequence[Limit], now: float

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from otpd.clock import FakeClock
+from otpd.errors import UnavailableError
 from otpd.models import Channel, Message, TaskRecord, TaskStatus, VerifyReason
 from otpd.store.base import Bucket, Limit, OtpRecord, Store
 from otpd.store.memory import MemoryStore
@@ -208,3 +209,10 @@ async def test_a_registered_backend_serves_a_whole_daemon(
         assert (await daemon.otp.verify(user_id="u1", code=code.group(1))).verified
     assert daemon.store is wrapped
     assert wrapped.calls >= 4  # issue, task record, verify, and the delivery's status writes
+
+
+async def test_a_closed_store_fails_its_ping(store: Store) -> None:
+    await store.ping()
+    await store.aclose()
+    with pytest.raises(UnavailableError):
+        await store.ping()
