@@ -33,3 +33,18 @@ def test_readme_embedding_example_runs(tmp_path: Path) -> None:
     assert lines[2].startswith("serving on http://127.0.0.1:")
     assert len(list((tmp_path / "outbox").glob("*.eml"))) == 1
     assert len(list((tmp_path / "outbox").glob("*.txt"))) == 1
+
+
+def test_readme_layout_names_every_module() -> None:
+    readme = (ROOT / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("## ", 1)[0]
+    missing = []
+    for path in sorted((ROOT / "otpd").rglob("*.py")):
+        relative = path.relative_to(ROOT / "otpd")
+        folders = [f"{part}/" for part in relative.parts[:-1]]
+        named = all(f in layout for f in folders) and (
+            path.name in layout or path.name == "__init__.py" and folders
+        )
+        if not named:
+            missing.append(str(relative))
+    assert not missing, f"README layout does not name {missing}"

@@ -12,14 +12,42 @@ import pytest
 from aioresponses import aioresponses
 
 from otpd.clock import Clock, FakeClock
-from otpd.config import load_config
+from otpd.config import EmailConfig, load_config
 from otpd.errors import DeliveryError
 from otpd.models import Channel, Message
 from otpd.providers.base import Provider
 from otpd.providers.registry import ProviderDeps, build_providers
 from otpd.providers.session import SharedSession
 
-__all__ = ["build_from_config", "only_call", "only_request", "send_expecting_error"]
+__all__ = [
+    "CODE",
+    "MESSAGE",
+    "MSGID",
+    "SENDER",
+    "TO",
+    "build_from_config",
+    "only_call",
+    "only_request",
+    "send_expecting_error",
+]
+
+
+# The email the email providers' tests send, from a sender with every header set.
+TO = "jane.doe@example.com"
+CODE = "493817"
+SENDER = EmailConfig(
+    from_address="no-reply@mail.example.org", from_name="Example Co", reply_to="help@example.org"
+)
+MESSAGE = Message(
+    channel=Channel.EMAIL,
+    to=TO,
+    text=f"Your code is {CODE}",
+    subject="Your sign-in code",
+    html=f"<p>Your code is <b>{CODE}</b></p>",
+    tag="otp_code",
+    headers=(("X-Entity-Ref-ID", "task-1"),),
+)
+MSGID = re.compile(r"<[^<>@\s]+@mail\.example\.org>")
 
 
 def only_request(mocked: aioresponses) -> tuple[str, str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,26 +16,20 @@ from otpd.models import Channel, Message
 from otpd.providers.mailgun import MailgunProvider
 from otpd.providers.session import SharedSession
 from tests.providers import helpers
-from tests.providers.helpers import build_from_config, only_call, only_request
+from tests.providers.helpers import (
+    CODE,
+    MESSAGE,
+    MSGID,
+    SENDER,
+    TO,
+    build_from_config,
+    only_call,
+    only_request,
+)
 
 BASE = "https://mailgun.test"
 URL = f"{BASE}/v3/mg.example.org/messages"
-TO = "jane.doe@example.com"
-CODE = "493817"
-SENDER = EmailConfig(
-    from_address="no-reply@mail.example.org", from_name="Example Co", reply_to="help@example.org"
-)
 CONFIG = MailgunConfig(api_key="key-abc", domain="mg.example.org", base_url=BASE)
-MESSAGE = Message(
-    channel=Channel.EMAIL,
-    to=TO,
-    text=f"Your code is {CODE}",
-    subject="Your sign-in code",
-    html=f"<p>Your code is <b>{CODE}</b></p>",
-    tag="otp_code",
-    headers=(("X-Entity-Ref-ID", "task-1"),),
-)
-MSGID = re.compile(r"<[^<>@\s]+@mail\.example\.org>")
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,25 +18,19 @@ from otpd.providers.sendgrid import SendgridProvider
 from otpd.providers.session import SharedSession
 from tests.conftest import free_port
 from tests.providers import helpers
-from tests.providers.helpers import build_from_config, only_call, only_request
+from tests.providers.helpers import (
+    CODE,
+    MESSAGE,
+    MSGID,
+    SENDER,
+    TO,
+    build_from_config,
+    only_call,
+    only_request,
+)
 
 BASE = "https://sendgrid.test"
 URL = f"{BASE}/v3/mail/send"
-TO = "jane.doe@example.com"
-CODE = "493817"
-SENDER = EmailConfig(
-    from_address="no-reply@mail.example.org", from_name="Example Co", reply_to="help@example.org"
-)
-MESSAGE = Message(
-    channel=Channel.EMAIL,
-    to=TO,
-    text=f"Your code is {CODE}",
-    subject="Your sign-in code",
-    html=f"<p>Your code is <b>{CODE}</b></p>",
-    tag="otp_code",
-    headers=(("X-Entity-Ref-ID", "task-1"),),
-)
-MSGID = re.compile(r"<[^<>@\s]+@mail\.example\.org>")
 
 
 @pytest.fixture

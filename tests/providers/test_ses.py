@@ -6,7 +6,6 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import re
 import threading
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
@@ -22,7 +21,7 @@ from botocore.exceptions import (
 )
 
 from otpd.clock import FakeClock
-from otpd.config import BreakerConfig, EmailConfig, SesConfig, load_config
+from otpd.config import BreakerConfig, SesConfig, load_config
 from otpd.errors import ConfigError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from otpd.metrics import Metrics
 from otpd.models import Channel, Message
@@ -31,24 +30,9 @@ from otpd.providers.dev import OutboxEmailProvider
 from otpd.providers.ses import SesProvider
 from tests.conftest import Moto, free_port
 from tests.providers import aws
-from tests.providers.helpers import build_from_config
+from tests.providers.helpers import CODE, MESSAGE, MSGID, SENDER, TO, build_from_config
 
 REGION = "eu-west-1"
-TO = "jane.doe@example.com"
-CODE = "493817"
-SENDER = EmailConfig(
-    from_address="no-reply@mail.example.org", from_name="Example Co", reply_to="help@example.org"
-)
-MESSAGE = Message(
-    channel=Channel.EMAIL,
-    to=TO,
-    text=f"Your code is {CODE}",
-    subject="Your sign-in code",
-    html=f"<p>Your code is <b>{CODE}</b></p>",
-    tag="otp_code",
-    headers=(("X-Entity-Ref-ID", "task-1"),),
-)
-MSGID = re.compile(r"<[^<>@\s]+@mail\.example\.org>")
 
 
 def ses_config(endpoint_url: str, **overrides: str) -> SesConfig:
