@@ -43,7 +43,7 @@ def test_readme_layout_names_every_module() -> None:
         relative = path.relative_to(ROOT / "otpd")
         folders = [f"{part}/" for part in relative.parts[:-1]]
         named = all(f in layout for f in folders) and (
-            path.name in layout or path.name == "__init__.py" and folders
+            path.name in layout or (path.name == "__init__.py" and folders)
         )
         if not named:
             missing.append(str(relative))

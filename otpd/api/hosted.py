@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from markupsafe import Markup
 
+from otpd.api.middleware import public
 from otpd.api.routes import OTPD
 from otpd.app import Otpd
 from otpd.config import LinksConfig
@@ -22,11 +23,12 @@ from otpd.errors import InvalidTokenError, NotFoundError, ValidationError
 from otpd.templating import BUILTIN_TEMPLATES
 from otpd.validation import check_locale
 
-__all__ = ["HOSTED_VERIFY_PATH", "hosted_routes"]
+__all__ = ["HOSTED_ROUTE", "HOSTED_VERIFY_PATH", "hosted_routes"]
 
 # Where otpd serves its own confirmation page when ``links.hosted`` is on.
 HOSTED_VERIFY_PATH = "/l/verify-email"
 HOSTED_PAGE = "_hosted/verify_email"
+HOSTED_ROUTE = "hosted_verify_email"
 
 hosted_routes = web.RouteTableDef()
 
@@ -79,7 +81,8 @@ def _accept_language(request: web.Request) -> str | None:
         return None
 
 
-@hosted_routes.get(HOSTED_VERIFY_PATH)
+@hosted_routes.get(HOSTED_VERIFY_PATH, name=HOSTED_ROUTE)
+@public
 async def hosted_verify_page(request: web.Request) -> web.Response:
     """The Confirm page. It reads nothing from the store: opening it changes nothing."""
     otpd = _hosted(request)
@@ -89,7 +92,7 @@ async def hosted_verify_page(request: web.Request) -> web.Response:
         HOSTED_PAGE,
         {
             "token": token if well_formed else "",
-            "action": HOSTED_VERIFY_PATH,
+            "action": request.path,  # where the app is mounted, prefix included
             "failure_url": otpd.config.links.failure_url,
             "style": Markup(hosted_css()),  # noqa: S704 - our own file, hashed in the CSP
         },
@@ -105,6 +108,7 @@ async def hosted_verify_page(request: web.Request) -> web.Response:
 
 
 @hosted_routes.post(HOSTED_VERIFY_PATH)
+@public
 async def hosted_verify_confirm(request: web.Request) -> web.Response:
     """Consume the token from the form, then send the browser on (303) to the configured
     success or failure page. No CSRF token: the link token is itself the only secret and

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
@@ -16,7 +16,7 @@ from aiohttp.typedefs import Middleware
 from otpd.config import ApiKey
 from otpd.errors import OtpdError, RateLimitedError, UnauthorizedError
 
-__all__ = ["CLIENT", "auth_middleware", "error_middleware", "error_response"]
+__all__ = ["CLIENT", "auth_middleware", "error_middleware", "error_response", "public"]
 
 log = structlog.get_logger("otpd.api")
 
@@ -24,6 +24,23 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 CLIENT = web.RequestKey("client", str)
 """The name of the API key that authenticated the request."""
+
+H = TypeVar("H", bound=Handler)
+
+
+def public(handler: H) -> H:
+    """Mark a handler as served without an API key (health, metrics, the hosted page).
+    Every other route needs one, wherever the application is mounted."""
+    handler.otpd_public = True  # type: ignore[attr-defined]
+    return handler
+
+
+def _needs_key(request: web.Request) -> bool:
+    match = request.match_info
+    if match.http_exception is not None:
+        return False  # no such route: a 404 or 405 tells nothing an API key would protect
+    return not getattr(match.handler, "otpd_public", False)
+
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -78,12 +95,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def auth_middleware(keys: Sequence[ApiKey]) -> Middleware:
-    """Require ``Authorization: Bearer <key>`` on ``/v1``; compare digests in constant time."""
+    """Require ``Authorization: Bearer <key>`` on every route not marked :func:`public`;
+    compare digests in constant time."""
     digests = [(k.name, k.sha256.encode()) for k in keys]
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not request.path.startswith("/v1/") or not digests:
+        if not digests or not _needs_key(request):
             return await handler(request)
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():

@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from otpd.api.middleware import CLIENT
+from otpd.api.middleware import CLIENT, public
 from otpd.api.schemas import IssueOtpBody, SendMessageBody, VerifyOtpBody, parse_body
 from otpd.app import Otpd
 from otpd.clock import rfc3339
@@ -110,11 +110,13 @@ async def messaging_health(request: web.Request) -> web.Response:
 
 
 @routes.get("/healthz")
+@public
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
 @routes.get("/readyz")
+@public
 async def readyz(request: web.Request) -> web.Response:
     checks = await request.app[OTPD].readiness()
     ready = all(c["ok"] for c in checks.values())
@@ -124,6 +126,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 @routes.get("/metrics")
+@public
 async def metrics(request: web.Request) -> web.Response:
     body = request.app[OTPD].metrics.render()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})

@@ -14,7 +14,7 @@ from typing import Any, Self
 import structlog
 from aiohttp import web
 
-from otpd.api.hosted import HOSTED_VERIFY_PATH, hosted_routes
+from otpd.api.hosted import HOSTED_ROUTE, hosted_routes
 from otpd.api.links import link_routes
 from otpd.api.middleware import auth_middleware, error_middleware
 from otpd.api.routes import OTPD, routes
@@ -28,8 +28,10 @@ __all__ = ["HttpServer", "create_app"]
 log = structlog.get_logger("otpd.api")
 
 
-def _mount(otpd: Otpd) -> None:
-    otpd.links.urls.serve_hosted_page(HOSTED_VERIFY_PATH)
+def _mount(app: web.Application, otpd: Otpd) -> None:
+    """Tell the link builder where the hosted page is, prefix of a parent app included
+    (aiohttp prefixes a sub-application's routes when it is added)."""
+    otpd.links.urls.serve_hosted_page(app.router[HOSTED_ROUTE].canonical)
 
 
 def create_app(source: Config | Otpd, *, clock: Clock | None = None) -> web.Application:
@@ -41,13 +43,17 @@ def create_app(source: Config | Otpd, *, clock: Clock | None = None) -> web.Appl
         middlewares=[error_middleware, auth_middleware(config.auth.keys)],
     )
     if isinstance(source, Otpd):
-        _mount(source)
         app[OTPD] = source
+
+        async def mount(app: web.Application) -> None:
+            _mount(app, source)
+
+        app.on_startup.append(mount)
     else:
 
         async def daemon(app: web.Application) -> AsyncIterator[None]:
             async with Otpd(config, clock=clock) as otpd:
-                _mount(otpd)
+                _mount(app, otpd)
                 app[OTPD] = otpd
                 yield
 
