@@ -1,15 +1,25 @@
 """In-memory backend for development and embedding: same semantics as Redis, one process.
 
 Every operation runs without awaiting in between, so on one event loop it is atomic.
+
+A limit key holds a :class:`_Window`, the counterpart of the Redis sorted set: its hits
+sorted by time, read from a head that moves as hits leave the window, so a check costs
+O(log n) in the hits of the window (amortised O(1) to drop the hits that left) instead of
+a copy of them. Every key has a deadline in one heap; each operation frees a few keys
+whose deadline has passed (and :meth:`MemoryStore.sweep` frees all of them), so memory
+comes back once the TTLs run out, without scanning the keys.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hmac
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Sequence
+from heapq import heappop, heappush
+from operator import itemgetter
 from types import TracebackType
-from typing import Any, Self
+from typing import NamedTuple, Self, TypeVar
 
 from otpd.clock import Clock, SystemClock
 from otpd.errors import UnavailableError
@@ -27,7 +37,119 @@ from otpd.store.keys import KeyLayout
 
 __all__ = ["MemoryStore"]
 
-_SWEEP_EVERY = 1024
+T = TypeVar("T")
+
+# Expired keys each operation frees at most: more than any operation creates, so the
+# backlog shrinks under traffic while no single call pays for a large one.
+_FREE_PER_OP = 32
+
+# A window finds members by a scan while it holds this many hits at most, and by a dict
+# once it holds more: most windows (one per user and action) hold a few hits, and a dict
+# for each would cost more memory than all their hits.
+_SCAN_UP_TO = 8
+
+_hit_time = itemgetter(0)
+
+
+def _ms(seconds: float) -> int:
+    """Milliseconds, rounded the way the Redis store sends times to its scripts."""
+    return round(seconds * 1000)
+
+
+class _Window:
+    """The hits of one limit key, like its Redis sorted set: ``(time_ms, member)`` in
+    ascending order from ``_head`` on (the hits before it have left the window), and,
+    once there are more than a few, each member's time."""
+
+    __slots__ = ("_head", "_hits", "_times")
+
+    def __init__(self) -> None:
+        self._hits: list[tuple[int, str]] = []
+        self._head = 0
+        self._times: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self._hits) - self._head
+
+    def __repr__(self) -> str:
+        return f"_Window({len(self)} hits)"
+
+    def drop_until(self, cutoff: int) -> None:
+        """Drop the hits at or before ``cutoff`` (``ZREMRANGEBYSCORE key -inf cutoff``)."""
+        hits, head = self._hits, self._head
+        if head == len(hits) or hits[head][0] > cutoff:
+            return
+        end = bisect_right(hits, cutoff, head, key=_hit_time)
+        if self._times is not None:
+            for i in range(head, end):
+                del self._times[hits[i][1]]
+        # moving the head is O(1); the dead prefix goes once it is half the list, so each
+        # hit is moved at most once more on average
+        if 2 * end >= len(hits):
+            del hits[:end]
+            end = 0
+        self._head = end
+
+    def time_of(self, member: str) -> int | None:
+        if self._times is not None:
+            return self._times.get(member)
+        hits = self._hits
+        for i in range(self._head, len(hits)):
+            if hits[i][1] == member:
+                return hits[i][0]
+        return None
+
+    def time_at(self, rank: int) -> int:
+        """The time of the hit with ``rank`` older hits (``ZRANGE key rank rank``)."""
+        return self._hits[self._head + rank][0]
+
+    def newest(self) -> int:
+        return self._hits[-1][0]
+
+    def add(self, member: str, at: int) -> None:
+        """Record ``member`` at ``at``; a member already there moves to ``at`` (``ZADD``)."""
+        hits = self._hits
+        before = self.time_of(member)
+        if before == at:
+            return
+        if before is not None:
+            del hits[bisect_left(hits, (before, member), self._head)]
+        hit = (at, member)
+        # times only go back when a clock is stepped: appending is the usual case
+        if len(hits) == self._head or hits[-1] < hit:
+            hits.append(hit)
+        else:
+            insort(hits, hit, self._head)
+        if self._times is not None:
+            self._times[member] = at
+        elif len(hits) - self._head > _SCAN_UP_TO:
+            self._times = {m: t for t, m in hits[self._head :]}
+
+
+_OTP_FIELDS = tuple(f.name for f in dataclasses.fields(OtpRecord))
+
+
+class _Code(NamedTuple):
+    """An issued code as the Redis hash holds it: the record's fields and the failed
+    attempts, in one flat value that is replaced whole when the attempts change."""
+
+    otp_id: str
+    code_hash: str
+    channel: str
+    purpose: str
+    created_at: float
+    expires_at: float
+    max_attempts: int
+    client_ip: str
+    user_agent: str
+    attempts: int = 0
+
+    @classmethod
+    def of(cls, record: OtpRecord) -> _Code:
+        return cls(*[getattr(record, name) for name in _OTP_FIELDS])
+
+
+_Value = _Code | TokenRecord | TaskRecord | _Window | float | str
 
 
 class MemoryStore:
@@ -36,9 +158,14 @@ class MemoryStore:
     def __init__(self, *, key_prefix: str = "otpd:", clock: Clock | None = None) -> None:
         self._keys = KeyLayout(key_prefix)
         self._clock = clock or SystemClock()
-        # key -> (value, expires_at); values are dicts, lists of hit times or strings
-        self._data: dict[str, tuple[Any, float]] = {}
-        self._ops = 0
+        # key -> value and key -> deadline, as Redis keeps a keyspace and its expiries
+        self._data: dict[str, _Value] = {}
+        self._expires: dict[str, float] = {}
+        # A min-heap of (time, key): when to look at a key next. _queued holds each key's
+        # time in it, never after its deadline, so a deadline can move later without a
+        # push; an item whose key was deleted or queued again is dropped when it comes up.
+        self._deadlines: list[tuple[float, str]] = []
+        self._queued: dict[str, float] = {}
         self._closed = False
 
     async def __aenter__(self) -> Self:
@@ -54,152 +181,228 @@ class MemoryStore:
 
     async def aclose(self) -> None:
         self._closed = True
-        self._data.clear()
+        for held in (self._data, self._expires, self._queued):
+            held.clear()
+        self._deadlines.clear()
+
+    def sweep(self, now: float | None = None) -> int:
+        """Free every key whose deadline has passed by ``now`` (the store's clock by
+        default) and return how many; operations free a few each, this frees the rest."""
+        t = self._clock.time() if now is None else now
+        before = len(self._data)
+        # one look at every due item: a key queued again is queued after t
+        self._expire(t, len(self._deadlines))
+        freed = before - len(self._data)
+        if freed > len(self._data):
+            # a dict keeps its table after deletions; a copy is sized for what is left
+            self._data, self._expires = dict(self._data), dict(self._expires)
+            self._queued = dict(self._queued)
+        return freed
 
     # ------------------------------------------------------------------ plumbing
 
-    def _get(self, key: str, now: float | None = None) -> Any:
-        entry = self._data.get(key)
-        if entry is None:
+    def _get(self, key: str, kind: type[T], now: float | None = None) -> T | None:
+        value = self._data.get(key)
+        if value is None:
             return None
-        if entry[1] <= (self._clock.time() if now is None else now):
-            del self._data[key]
+        if self._expires[key] <= (self._clock.time() if now is None else now):
+            self._delete(key)
             return None
-        return entry[0]
+        assert isinstance(value, kind)
+        return value
 
-    def _set(self, key: str, value: Any, expires_at: float) -> None:
-        self._data[key] = (value, expires_at)
-        self._ops += 1
-        if self._ops % _SWEEP_EVERY == 0:
-            now = self._clock.time()
-            for k in [k for k, (_, exp) in self._data.items() if exp <= now]:
-                del self._data[k]
+    def _set(self, key: str, value: _Value, expires_at: float) -> None:
+        self._data[key] = value
+        self._expires[key] = expires_at
+        queued = self._queued.get(key)
+        if queued is None or expires_at < queued:
+            self._queued[key] = expires_at
+            heappush(self._deadlines, (expires_at, key))
 
-    def _window(self, lim: Limit, now: float) -> dict[str, float]:
-        """member -> hit time, for hits still inside the window (like a Redis zset)."""
-        hits: dict[str, float] = self._get(self._limit_key(lim), now) or {}
-        return {m: t for m, t in hits.items() if t > now - lim.window}
+    def _delete(self, key: str) -> None:
+        del self._data[key], self._expires[key], self._queued[key]
 
-    def _check(self, limits: Sequence[Limit], now: float, member: str) -> LimitExceeded | None:
-        worst: LimitExceeded | None = None
-        for lim in limits:
-            hits = self._window(lim, now)
-            if len(hits) >= lim.limit and not (lim.distinct and (lim.member or member) in hits):
-                times = sorted(hits.values())
-                retry = times[len(times) - lim.limit] + lim.window - now
-                if worst is None or retry > worst.retry_after:
-                    worst = LimitExceeded(lim.scope, max(0.0, retry))
-        return worst
+    def _expire(self, t: float, budget: int = _FREE_PER_OP) -> None:
+        """Look at up to ``budget`` keys due by ``t``: free the expired, requeue the rest."""
+        heap = self._deadlines
+        while budget > 0 and heap and heap[0][0] <= t:
+            budget -= 1
+            when, key = heappop(heap)
+            expires_at = self._expires.get(key)
+            if expires_at is None:
+                continue
+            if expires_at <= t:
+                self._delete(key)
+            elif self._queued[key] == when:
+                self._queued[key] = expires_at
+                heappush(heap, (expires_at, key))
 
-    def _limit_key(self, lim: Limit) -> str:
-        return self._keys.limit(lim.bucket, lim.window)
+    def _done(self, now: float | None = None) -> None:
+        """End of an operation: free a few expired keys. A key goes once both the store's
+        clock and the call's time are past its deadline."""
+        t = self._clock.time()
+        self._expire(t if now is None else min(t, now))
 
-    def _record(self, limits: Sequence[Limit], now: float, member: str) -> None:
-        for lim in limits:
-            hits = self._window(lim, now)
-            hits[lim.member or member] = now
-            self._set(self._limit_key(lim), hits, now + lim.window)
+    def _live_window(self, key: str, cutoff: int) -> _Window | None:
+        """The hits of ``key`` after ``cutoff``; an emptied window is deleted, as Redis
+        deletes an empty sorted set."""
+        window = self._data.get(key)
+        if window is None:
+            return None
+        assert isinstance(window, _Window)
+        window.drop_until(cutoff)
+        if not window:
+            self._delete(key)
+            return None
+        return window
+
+    def _count(self, limits: Sequence[Limit], now: float, member: str) -> LimitExceeded | None:
+        """``check_limits`` then ``record_hits`` of limits.lua: all limits are checked, the
+        longest retry wins (the first on a tie), and hits count only if none refuses."""
+        now_ms = _ms(now)
+        keys = [self._keys.limit(lim.bucket, lim.window) for lim in limits]
+        worst: Limit | None = None
+        worst_retry = -1
+        for lim, key in zip(limits, keys, strict=True):
+            window_ms = lim.window * 1000
+            window = self._live_window(key, now_ms - window_ms)
+            count = len(window) if window is not None else 0
+            if count < lim.limit or (
+                lim.distinct
+                and window is not None
+                and window.time_of(lim.member or member) is not None
+            ):
+                continue
+            if window is None or lim.limit < 1:
+                # limits.lua fails here too: ZRANGE past the last hit has no score
+                raise ValueError(f"limit {lim.scope!r} must allow at least one hit")
+            # the hit that must leave the window before one more fits
+            retry = window.time_at(count - lim.limit) + window_ms - now_ms
+            if retry > worst_retry:
+                worst, worst_retry = lim, retry
+        if worst is not None:
+            return LimitExceeded(worst.scope, max(0.0, worst_retry / 1000))
+        for lim, key in zip(limits, keys, strict=True):
+            found = self._data.get(key)
+            hits = _Window() if found is None else found
+            assert isinstance(hits, _Window)
+            hits.add(lim.member or member, now_ms)
+            # PEXPIRE window: the key outlives its newest hit by one window, so expiry
+            # never takes a hit that is still inside it
+            self._set(key, hits, (hits.newest() + lim.window * 1000) / 1000)
+        return None
 
     # ------------------------------------------------------------------ store API
 
     async def ping(self) -> None:
         if self._closed:
             raise UnavailableError("the store is closed")
+        self._done()
 
     async def issue_otp(
         self, user_id: str, record: OtpRecord, limits: Sequence[Limit], now: float
     ) -> LimitExceeded | None:
-        key = self._keys.otp(user_id, record.purpose)
-        refused = self._check(limits, now, record.otp_id)
-        if refused:
-            return refused
-        self._record(limits, now, record.otp_id)
-        self._set(key, {**dataclasses.asdict(record), "attempts": 0}, record.expires_at)
-        return None
+        refused = self._count(limits, now, record.otp_id)
+        if refused is None:
+            key = self._keys.otp(user_id, record.purpose)
+            self._set(key, _Code.of(record), record.expires_at)
+        self._done(now)
+        return refused
 
     async def verify_otp(
         self, user_id: str, purpose: str, code_hash: str, now: float
     ) -> VerifyOutcome:
         key = self._keys.otp(user_id, purpose)
-        rec = self._get(key, now)
-        if rec is None:
-            return VerifyOutcome(VerifyResult(False, VerifyReason.NO_ACTIVE_CODE, 0))
-        ids = (rec["otp_id"], rec["channel"])
-        if rec["attempts"] >= rec["max_attempts"]:
-            return VerifyOutcome(VerifyResult(False, VerifyReason.TOO_MANY_ATTEMPTS, 0), *ids)
-        if hmac.compare_digest(rec["code_hash"], code_hash):
-            del self._data[key]
-            return VerifyOutcome(VerifyResult(True), *ids)
-        rec["attempts"] += 1
-        left = rec["max_attempts"] - rec["attempts"]
-        return VerifyOutcome(VerifyResult(False, VerifyReason.INVALID_CODE, left), *ids)
+        code = self._get(key, _Code, now)
+        if code is None:
+            outcome = VerifyOutcome(VerifyResult(False, VerifyReason.NO_ACTIVE_CODE, 0))
+        else:
+            if code.attempts >= code.max_attempts:
+                result = VerifyResult(False, VerifyReason.TOO_MANY_ATTEMPTS, 0)
+            elif hmac.compare_digest(code.code_hash, code_hash):
+                self._delete(key)
+                result = VerifyResult(True)
+            else:
+                attempts = code.attempts + 1
+                self._data[key] = code._replace(attempts=attempts)
+                left = code.max_attempts - attempts
+                result = VerifyResult(False, VerifyReason.INVALID_CODE, left)
+            outcome = VerifyOutcome(result, code.otp_id, code.channel)
+        self._done(now)
+        return outcome
 
     async def issue_token(
         self, owner_ref: str, record: TokenRecord, limits: Sequence[Limit], now: float
     ) -> LimitExceeded | None:
-        key = self._keys.token(owner_ref, record.purpose)
-        refused = self._check(limits, now, record.token_id)
-        if refused:
-            return refused
-        self._record(limits, now, record.token_id)
-        self._set(key, dataclasses.replace(record), record.expires_at)
-        return None
+        refused = self._count(limits, now, record.token_id)
+        if refused is None:
+            key = self._keys.token(owner_ref, record.purpose)
+            self._set(key, dataclasses.replace(record), record.expires_at)
+        self._done(now)
+        return refused
 
     async def use_token(
         self, owner_ref: str, purpose: str, token_hash: str, now: float, *, consume: bool
     ) -> TokenOutcome:
         key = self._keys.token(owner_ref, purpose)
-        entry = self._data.get(key)
-        if entry is None:
+        outcome = self._check_token(key, purpose, token_hash, now)
+        if consume and outcome.check is TokenCheck.OK:
+            self._delete(key)
+        self._done(now)
+        return outcome
+
+    def _check_token(self, key: str, purpose: str, token_hash: str, now: float) -> TokenOutcome:
+        rec = self._data.get(key)
+        if rec is None:
             return TokenOutcome(TokenCheck.UNKNOWN)
-        rec: TokenRecord = entry[0]
-        # the record's own expires_at, not the entry's, mirrors the Redis script exactly
+        assert isinstance(rec, TokenRecord)
+        # the record's own expires_at, not the key's deadline, mirrors the Redis script
         if now >= rec.expires_at:
-            del self._data[key]
+            self._delete(key)
             return TokenOutcome(TokenCheck.EXPIRED, user_id=rec.user_id)
         if rec.purpose != purpose or not hmac.compare_digest(rec.token_hash, token_hash):
             return TokenOutcome(TokenCheck.MISMATCH, user_id=rec.user_id)
-        if consume:
-            del self._data[key]
         return TokenOutcome(TokenCheck.OK, dataclasses.replace(rec), rec.user_id)
 
     async def hit_limits(
         self, limits: Sequence[Limit], member: str, now: float
     ) -> LimitExceeded | None:
-        refused = self._check(limits, now, member)
-        if refused is None:
-            self._record(limits, now, member)
+        refused = self._count(limits, now, member)
+        self._done(now)
         return refused
 
     async def capped_add(
         self, counter: str, amount: float, cap: float, ttl: int
     ) -> tuple[bool, float]:
         key = self._keys.counter(counter)
-        current = float(self._get(key) or 0.0)
-        if current + amount > cap:
-            return False, current
-        self._set(key, current + amount, self._clock.time() + ttl)
-        return True, current + amount
+        current = self._get(key, float) or 0.0
+        added = current + amount <= cap
+        if added:
+            current += amount
+            self._set(key, current, self._clock.time() + ttl)
+        self._done()
+        return added, current
 
     async def put_task(self, record: TaskRecord, ttl: int) -> None:
-        self._set(
-            self._keys.task(record.task_id), dataclasses.replace(record), record.created_at + ttl
-        )
+        key = self._keys.task(record.task_id)
+        self._set(key, dataclasses.replace(record), record.created_at + ttl)
+        self._done()
 
     async def update_task(self, record: TaskRecord) -> None:
         key = self._keys.task(record.task_id)
-        entry = self._data.get(key)
-        if entry is not None:
-            self._data[key] = (dataclasses.replace(record), entry[1])
+        if key in self._data:
+            self._data[key] = dataclasses.replace(record)
+        self._done()
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
-        rec = self._get(self._keys.task(task_id))
+        rec = self._get(self._keys.task(task_id), TaskRecord)
+        self._done()
         return None if rec is None else dataclasses.replace(rec)
 
     async def remember(self, scope: str, ref: str, value: str, ttl: int) -> str | None:
         key = self._keys.remembered(scope, ref)
-        existing = self._get(key)
-        if existing is not None:
-            return str(existing)
-        self._set(key, value, self._clock.time() + ttl)
-        return None
+        existing = self._get(key, str)
+        if existing is None:
+            self._set(key, value, self._clock.time() + ttl)
+        self._done()
+        return existing
