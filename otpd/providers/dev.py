@@ -62,7 +62,7 @@ class OutboxEmailProvider(_OutboxBase):
 
     async def _send(self, message: Message) -> SendResult:
         email = build_email(message, self.sender)
-        path = _write(self.directory, ".eml", message.tag, email.as_bytes())
+        path = _write(self.directory, ".eml", message.tag, email.data)
         return SendResult(self.name, path.name)
 
 

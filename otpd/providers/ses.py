@@ -63,7 +63,7 @@ class SesProvider(AwsProvider):
             "FromEmailAddress": self.sender.from_address,
             # the envelope: only message.to, whatever headers the message carries
             "Destination": {"ToAddresses": [message.to]},
-            "Content": {"Raw": {"Data": email.as_bytes()}},
+            "Content": {"Raw": {"Data": email.data}},
         }
         if self.config.configuration_set:
             request["ConfigurationSetName"] = self.config.configuration_set
@@ -82,7 +82,8 @@ class SesProvider(AwsProvider):
                     "SES rejected the recipient (MessageRejected)",
                     reason="ses_message_rejected",
                 )
-            return TransientDeliveryError(
+            # the content is refused: no retry makes it acceptable
+            return PermanentDeliveryError(
                 "SES rejected the message (MessageRejected)", reason="ses_content_rejected"
             )
         if code in ("InvalidParameterValue", "BadRequestException") and any(

@@ -4,8 +4,12 @@ config through the registry (all of them)."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import re
 from collections.abc import Iterable
+from email.header import decode_header, make_header
+from email.message import EmailMessage
 from typing import Any
 
 import pytest
@@ -21,13 +25,19 @@ from otpd.providers.session import SharedSession
 
 __all__ = [
     "CODE",
+    "HOSTILE",
     "MESSAGE",
     "MSGID",
     "SENDER",
     "TO",
+    "assert_hostile_email_arrived_as_text",
     "build_from_config",
+    "display_name",
+    "hostile_message",
+    "hostile_sender",
     "only_call",
     "only_request",
+    "parse_email",
     "send_expecting_error",
 ]
 
@@ -48,6 +58,88 @@ MESSAGE = Message(
     headers=(("X-Entity-Ref-ID", "task-1"),),
 )
 MSGID = re.compile(r"<[^<>@\s]+@mail\.example\.org>")
+
+# An RFC 2047 encoded word that decodes to "Hello", CRLF, "Bcc: spam@evil.example": a
+# writer that decodes encoded words turns it into a real Bcc header.
+HOSTILE = "=?utf-8?q?Hello=0D=0ABcc=3A_spam=40evil.example?="
+
+
+def hostile_sender() -> EmailConfig:
+    """The test sender whose display name carries :data:`HOSTILE` (and no Reply-To)."""
+    return EmailConfig(from_address=SENDER.from_address, from_name=f"Acme {HOSTILE}")
+
+
+def hostile_message(*, html: bool) -> Message:
+    """:data:`MESSAGE` with :data:`HOSTILE` in the subject and a custom header; with or
+    without an HTML part (the two MIME layouts)."""
+    return Message(
+        channel=Channel.EMAIL,
+        to=TO,
+        text=MESSAGE.text,
+        subject=HOSTILE,
+        html=MESSAGE.html if html else "",
+        tag="otp_code",
+        headers=(("X-Campaign", f"spring {HOSTILE}"),),
+    )
+
+
+def parse_email(raw: bytes) -> EmailMessage:
+    """``raw`` parsed by the stdlib with ``policy.default``, which decodes encoded words."""
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def display_name(msg: EmailMessage) -> str:
+    """The From display name as RFC 2047 6.2 reads it. ``policy.default`` keeps the white
+    space between two adjacent encoded words of a phrase, which the RFC says to ignore,
+    so a name too long for one encoded word (45 bytes) is decoded from the raw value."""
+    raw = dict(msg.raw_items())["From"]
+    if "=?" not in raw:
+        name: str = msg["From"].addresses[0].display_name
+        return name
+    decoded = str(make_header(decode_header(raw)))
+    return decoded.rpartition(" <")[0]
+
+
+def assert_hostile_email_arrived_as_text(raw: bytes, *, html: bool) -> EmailMessage:
+    """``raw``, a :func:`hostile_message` from :func:`hostile_sender` as a provider
+    delivered it, has exactly otpd's headers, each hostile value as literal text, and is
+    7-bit on the wire."""
+    assert all(byte < 128 for byte in raw)
+    header_block = raw.split(b"\r\n\r\n", 1)[0]
+    for name in (b"Bcc", b"Cc", b"Reply-To"):
+        assert b"\n" + name + b":" not in header_block
+    msg = parse_email(raw)
+    content = ["Content-Type"] if html else ["Content-Type", "Content-Transfer-Encoding"]
+    assert list(msg.keys()) == [
+        "From",
+        "To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "MIME-Version",
+        "Auto-Submitted",
+        "X-Campaign",
+        *content,
+    ]
+    assert msg["Bcc"] is None
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert msg["Subject"] == HOSTILE
+    assert msg["X-Campaign"] == f"spring {HOSTILE}"
+    assert msg["To"] == TO
+    [sender] = msg["From"].addresses
+    assert sender.addr_spec == SENDER.from_address
+    assert display_name(msg) == f"Acme {HOSTILE}"
+    assert msg.get_content_type() == ("multipart/alternative" if html else "text/plain")
+    text = msg.get_body(("plain",))
+    assert isinstance(text, EmailMessage)
+    assert text.get_content() == MESSAGE.text
+    if html:
+        part = msg.get_body(("html",))
+        assert isinstance(part, EmailMessage)
+        assert part.get_content() == MESSAGE.html
+    return msg
 
 
 def only_request(mocked: aioresponses) -> tuple[str, str, Any]:

@@ -30,7 +30,17 @@ from otpd.providers.dev import OutboxEmailProvider
 from otpd.providers.ses import SesProvider
 from tests.conftest import Moto, free_port
 from tests.providers import aws
-from tests.providers.helpers import CODE, MESSAGE, MSGID, SENDER, TO, build_from_config
+from tests.providers.helpers import (
+    CODE,
+    MESSAGE,
+    MSGID,
+    SENDER,
+    TO,
+    assert_hostile_email_arrived_as_text,
+    build_from_config,
+    hostile_message,
+    hostile_sender,
+)
 
 REGION = "eu-west-1"
 
@@ -94,6 +104,22 @@ async def test_send_delivers_raw_mime_with_our_headers_and_both_parts(
     assert isinstance(html, EmailMessage)
     assert text.get_content().strip() == f"Your code is {CODE}"
     assert html.get_content().strip() == f"<p>Your code is <b>{CODE}</b></p>"
+
+
+@pytest.mark.parametrize("html", [True, False], ids=["multipart", "text-only"])
+async def test_encoded_words_in_subject_from_name_and_header_arrive_as_literal_text(
+    moto: Moto, html: bool
+) -> None:
+    async with SesProvider(ses_config(moto.url), hostile_sender()) as provider:
+        await provider.client.create_email_identity(EmailIdentity=SENDER.from_address)
+        result = await provider.send(hostile_message(html=html))
+
+    [sent] = await sent_raw_messages(moto)
+    assert result.message_id == sent["id"]
+    assert set(sent["destinations"]) == {TO}
+    raw: str = sent["raw_data"]
+    assert raw.isascii()
+    assert_hostile_email_arrived_as_text(raw.encode("ascii"), html=html)
 
 
 async def test_configuration_set_is_sent_with_each_email(moto: Moto) -> None:
@@ -182,11 +208,15 @@ async def test_unverified_sender_is_transient_so_the_chain_fails_over(
     assert await sent_raw_messages(moto) == []
 
 
-async def test_malformed_recipient_is_permanent(ses: SesProvider) -> None:
+async def test_malformed_recipient_is_permanent_and_never_reaches_ses(
+    ses: SesProvider, moto: Moto
+) -> None:
     with pytest.raises(PermanentDeliveryError) as caught:
         await ses.send(Message(channel=Channel.EMAIL, to="jane.doe", text="x", subject="s"))
+    # refused while writing the message (build_email), before any request
     assert caught.value.reason == "invalid_recipient"
     assert "jane.doe" not in str(caught.value)
+    assert await sent_raw_messages(moto) == []
 
 
 async def test_unreachable_endpoint_is_a_transient_network_error() -> None:
@@ -224,7 +254,7 @@ async def test_unreachable_endpoint_is_a_transient_network_error() -> None:
         ),
         (
             client_error("MessageRejected", "Message length is more than 10485760 bytes long"),
-            TransientDeliveryError,
+            PermanentDeliveryError,  # the message's fault: retrying cannot help
             "ses_content_rejected",
         ),
         (

@@ -21,7 +21,13 @@ from otpd.errors import ConfigError, DeliveryError, PermanentDeliveryError, Tran
 from otpd.models import Channel, Message
 from otpd.providers.smtp import SmtpProvider, classify_smtp_error
 from tests.conftest import free_port
-from tests.providers.helpers import build_from_config
+from tests.providers.helpers import (
+    TO,
+    assert_hostile_email_arrived_as_text,
+    build_from_config,
+    hostile_message,
+    hostile_sender,
+)
 from tests.providers.smtp_server import Authenticator, RecordingHandler, SmtpSink
 
 RECIPIENT = "alice@example.com"
@@ -153,6 +159,19 @@ async def test_crlf_in_subject_and_from_name_cannot_inject_headers_end_to_end(
     header_block = got.content.split(b"\r\n\r\n", 1)[0]
     assert b"\nBcc:" not in header_block
     assert b"\nX-Injected:" not in header_block
+
+
+@pytest.mark.parametrize("html", [True, False], ids=["multipart", "text-only"])
+async def test_encoded_words_in_subject_from_name_and_header_arrive_as_literal_text(
+    sink: SmtpSink, clock: FakeClock, html: bool
+) -> None:
+    async with SmtpProvider(smtp_config(sink.port), hostile_sender(), clock) as provider:
+        result = await provider.send(hostile_message(html=html))
+
+    [got] = sink.handler.messages
+    assert got.rcpt_tos == (TO,)
+    msg = assert_hostile_email_arrived_as_text(got.content, html=html)
+    assert msg["Message-ID"] == result.message_id
 
 
 async def test_recipient_with_line_break_is_refused_permanently_before_connecting(
@@ -396,7 +415,7 @@ async def test_partially_refused_recipients_returned_without_an_exception_are_an
     ) -> tuple[dict[str, SMTPResponse], str]:
         return {RECIPIENT: SMTPResponse(550, f"<{RECIPIENT}> unknown")}, "250 ok"
 
-    monkeypatch.setattr(aiosmtplib.SMTP, "send_message", refused)
+    monkeypatch.setattr(aiosmtplib.SMTP, "sendmail", refused)
     async with SmtpProvider(smtp_config(sink.port), SENDER, clock) as provider:
         with pytest.raises(PermanentDeliveryError) as info:
             await provider.send(email())

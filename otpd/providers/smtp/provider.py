@@ -63,9 +63,7 @@ class SmtpProvider(Provider):
         email = build_email(message, self.sender)
         conn = await self._pool.checkout()
         try:
-            errors, _ = await conn.smtp.send_message(
-                email, sender=self.sender.from_address, recipients=[recipient]
-            )
+            errors, _ = await conn.smtp.sendmail(self.sender.from_address, [recipient], email.data)
         except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
             # a refusal is a normal reply: aiosmtplib sent RSET, the session is reusable
             # (unless the server closed it, e.g. 421, which checkin notices)
@@ -78,7 +76,7 @@ class SmtpProvider(Provider):
         if errors:
             # only some recipients refused: aiosmtplib returns them instead of raising
             raise refused_recipients([reply.code for reply in errors.values()])
-        return SendResult(self.name, str(email["Message-ID"]))
+        return SendResult(self.name, email.message_id)
 
 
 def _envelope_recipient(to: str) -> str:
