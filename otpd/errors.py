@@ -167,14 +167,27 @@ class DeliveryError(OtpdError):
     code = "delivery_failed"
     permanent = False
 
-    def __init__(self, message: str, *, reason: str, provider: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        provider: str = "",
+        blames_provider: bool | None = None,
+    ) -> None:
         super().__init__(message, details={"reason": reason, "provider": provider})
         self.reason = reason
         self.provider = provider
+        # Whether the failure says something about the provider's health (network, 5xx,
+        # throttling, auth): only those move its circuit breaker. A refusal of this
+        # message or its recipient says nothing about the next message.
+        self.blames_provider = not self.permanent if blames_provider is None else blames_provider
 
 
 class TransientDeliveryError(DeliveryError):
-    """Worth trying the next provider now and this one again later."""
+    """Worth trying the next provider now and this one again later. With
+    ``blames_provider=False`` (the provider refused this request, not for its health) the
+    chain fails over without counting it against the provider's circuit."""
 
 
 class PermanentDeliveryError(DeliveryError):

@@ -10,8 +10,9 @@ from typing import Any, ClassVar, Self
 
 from otpd.clock import Clock
 from otpd.config import Config
-from otpd.errors import DeliveryError, TransientDeliveryError
+from otpd.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from otpd.models import Channel, Message, SendResult
+from otpd.providers.mime import InvalidMessageError
 from otpd.providers.session import SharedSession
 
 __all__ = ["Provider", "ProviderDeps"]
@@ -78,6 +79,13 @@ class Provider(ABC):
             raise
         except asyncio.CancelledError:
             raise
+        except InvalidMessageError as exc:
+            # the message's fault, not the provider's: it never gets better, nor does it
+            # say anything about the provider's health
+            reason = "invalid_recipient" if exc.field == "to" else "invalid_message"
+            refused = PermanentDeliveryError(str(exc), reason=reason, provider=self.name)
+            refused.details["provider"] = self.name
+            raise refused from exc
         except Exception as exc:
             error = self.classify(exc)
             error.provider = self.name

@@ -27,7 +27,9 @@ _STATE_VALUE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.
 
 class ProviderChain:
     """Sends through the first provider whose circuit allows it, failing over on transient
-    errors within the same attempt. A permanent (recipient) error stops the chain."""
+    errors within the same attempt. A permanent error (the message or its recipient is
+    refused) stops the chain. Only failures that blame the provider (network, timeout,
+    5xx, throttling, auth) count against its circuit: one bad message never opens it."""
 
     def __init__(
         self,
@@ -90,7 +92,8 @@ class ProviderChain:
                 self._metrics.deliveries.labels(*labels, "permanent").inc()
                 raise
             except DeliveryError as exc:
-                breaker.record_failure(f"{exc.reason}: {exc.message}")
+                if exc.blames_provider:
+                    breaker.record_failure(f"{exc.reason}: {exc.message}")
                 self._metrics.deliveries.labels(*labels, "transient").inc()
                 failures.append(f"{provider.name}: {exc.reason}")
                 log.warning(

@@ -59,8 +59,11 @@ class RestProvider(Provider):
             return TransientDeliveryError(
                 f"{self.name} server error ({status})", reason="provider_error"
             )
+        # refused this request (400, 404, 422): nothing about the provider's health
         return TransientDeliveryError(
-            f"{self.name} rejected the request ({status})", reason="provider_rejected"
+            f"{self.name} rejected the request ({status})",
+            reason="provider_rejected",
+            blames_provider=False,
         )
 
     def classify(self, exc: BaseException) -> DeliveryError:

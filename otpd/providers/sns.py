@@ -64,7 +64,9 @@ class SnsProvider(AwsProvider):
                     f"SNS refused the phone number ({code})", reason="invalid_recipient"
                 )
             return TransientDeliveryError(
-                f"SNS refused a parameter ({code})", reason="sns_invalid_parameter"
+                f"SNS refused a parameter ({code})",
+                reason="sns_invalid_parameter",
+                blames_provider=False,
             )
         if code == "KMSThrottling":
             return TransientDeliveryError("SNS throttled (KMSThrottling)", reason="throttled")

@@ -130,7 +130,12 @@ class TwilioProvider(RestProvider):
             return PermanentDeliveryError(f"twilio error {code}: {what}", reason=reason)
         if code in _TRANSIENT:
             reason, what = _TRANSIENT[code]
-            return TransientDeliveryError(f"twilio error {code}: {what}", reason=reason)
+            # a region or route closed to this destination says nothing of other messages
+            return TransientDeliveryError(
+                f"twilio error {code}: {what}",
+                reason=reason,
+                blames_provider=reason not in ("region_not_enabled", "route_unavailable"),
+            )
         error = self.status_error(status)
         if code is not None and code != status:
             error = TransientDeliveryError(

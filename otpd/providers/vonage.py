@@ -120,4 +120,8 @@ class VonageProvider(RestProvider):
             reason, what = _PERMANENT[status]
             return PermanentDeliveryError(f"vonage status {status}: {what}", reason=reason)
         reason, what = _TRANSIENT.get(status, ("provider_rejected", "rejected"))
-        return TransientDeliveryError(f"vonage status {status}: {what}", reason=reason)
+        return TransientDeliveryError(
+            f"vonage status {status}: {what}",
+            reason=reason,
+            blames_provider=reason != "provider_rejected",
+        )

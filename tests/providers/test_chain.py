@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from otpd.clock import FakeClock
-from otpd.config import BreakerConfig
+from otpd.config import BreakerConfig, EmailConfig
 from otpd.errors import PermanentDeliveryError, TransientDeliveryError
 from otpd.metrics import Metrics
 from otpd.models import Channel, Message
@@ -165,3 +167,66 @@ async def test_chain_closes_every_provider(clock: FakeClock) -> None:
     async with chain_of(a, b, clock=clock):
         pass
     assert a.closed and b.closed
+
+
+# ---------------------------------------------------------------- the message's fault
+
+
+POISON = [
+    "=?utf-8?q?x=0D=0A?=@example.com",
+    "a\r\nBcc: evil@example.net",
+    "two@example.com, three@example.com",
+    "no-at-sign",
+]
+
+
+async def test_messages_that_cannot_be_built_never_open_the_circuit(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    """Poison recipients fail their own task for good; the next good message goes out at
+    once (before, five of them opened the breaker of every MIME-building provider)."""
+    from otpd.providers.dev import OutboxEmailProvider
+
+    outbox = OutboxEmailProvider(tmp_path, EmailConfig())
+    chain = ProviderChain(
+        Channel.EMAIL,
+        [outbox],
+        breaker=BreakerConfig(failure_threshold=5, recovery_seconds=60, success_threshold=2),
+        clock=clock,
+        metrics=Metrics(),
+    )
+    async with chain:
+        for address in POISON * 5:
+            with pytest.raises(PermanentDeliveryError) as caught:
+                await chain.send(Message(Channel.EMAIL, address, "t", "s"))
+            assert caught.value.reason == "invalid_recipient"
+            assert "example" not in caught.value.message  # the address is never quoted
+        assert state_of(chain.breakers["outbox"]) is CircuitState.CLOSED
+        result = await chain.send(MSG)
+    assert result.provider == "outbox"
+    assert len(list(tmp_path.glob("*.eml"))) == 1
+
+
+async def test_refusals_of_one_request_fail_over_without_counting_against_the_provider(
+    clock: FakeClock,
+) -> None:
+    refused = TransientDeliveryError(
+        "sendgrid rejected the request (400)", reason="provider_rejected", blames_provider=False
+    )
+    first = ScriptedProvider("sendgrid", default=refused)
+    second = ScriptedProvider("smtp")
+    async with chain_of(first, second, clock=clock) as chain:
+        for _ in range(20):
+            assert (await chain.send(MSG)).provider == "smtp"
+    assert first.calls == 20  # never skipped: its circuit stayed closed
+    assert state_of(chain.breakers["sendgrid"]) is CircuitState.CLOSED
+
+
+async def test_failures_that_blame_the_provider_still_open_its_circuit(clock: FakeClock) -> None:
+    first = ScriptedProvider("sendgrid", default=transient("provider_error"))
+    second = ScriptedProvider("smtp")
+    async with chain_of(first, second, clock=clock) as chain:
+        for _ in range(20):
+            assert (await chain.send(MSG)).provider == "smtp"
+    assert first.calls == 5
+    assert state_of(chain.breakers["sendgrid"]) is CircuitState.OPEN

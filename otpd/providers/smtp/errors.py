@@ -15,8 +15,10 @@ def _reply_class(code: int) -> int:
     return code // 100 if 100 <= code <= 599 else 0
 
 
-def _coded(cls: type[DeliveryError], message: str, reason: str, code: int) -> DeliveryError:
-    error = cls(message, reason=reason)
+def _coded(
+    cls: type[DeliveryError], message: str, reason: str, code: int, *, blames: bool = True
+) -> DeliveryError:
+    error = cls(message, reason=reason, blames_provider=blames and not cls.permanent)
     error.details["smtp_code"] = code
     return error
 
@@ -37,6 +39,7 @@ def refused_recipients(codes: list[int]) -> DeliveryError:
         f"recipient temporarily refused by the SMTP server ({temp})",
         "smtp_4xx",
         temp,
+        blames=False,  # greylisting or a full mailbox: one recipient's state, not the relay's
     )
 
 
@@ -108,7 +111,9 @@ def classify_smtp_error(exc: BaseException) -> DeliveryError:
     if isinstance(exc, aiosmtplib.SMTPNotSupported):
         # e.g. a non-ASCII address and no SMTPUTF8 here: another provider may take it
         return TransientDeliveryError(
-            "SMTP server lacks a needed extension", reason="smtp_not_supported"
+            "SMTP server lacks a needed extension",
+            reason="smtp_not_supported",
+            blames_provider=False,
         )
     if isinstance(exc, aiosmtplib.SMTPException):
         # STARTTLS or AUTH not offered, and the like: the relay is misconfigured
