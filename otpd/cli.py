@@ -67,7 +67,9 @@ def _render_template(
     if not isinstance(context, dict):
         print("otpd: --context must be a JSON object", file=sys.stderr)
         return 2
-    renderer = TemplateRenderer(config.product, config.email.templates_dir)
+    renderer = TemplateRenderer(
+        config.product, config.email.templates_dir, allow_http=config.server.env != "production"
+    )
 
     async def render() -> str:
         tag = check_locale(locale)

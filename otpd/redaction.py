@@ -37,7 +37,9 @@ SECRET_KEYS = frozenset(
     }
 )
 
-_EMAIL_RE = re.compile(r"([A-Za-z0-9._%+\-]{1,64})@([A-Za-z0-9.\-]+\.[A-Za-z]{2,63})")
+# Any run of characters that can stand in a local part, whatever they are (``bo!x``,
+# ``jöhn``), so no part of an address survives next to its mask.
+_EMAIL_RE = re.compile(r"""([^\s@<>()\[\]{},;:"\\]+)@([\w\-]+(?:\.[\w\-]+)*\.\w{2,63})""")
 # Only numbers written with a leading "+" are treated as phones: a loose pattern would eat
 # timestamps and ids.
 _PHONE_RE = re.compile(r"\+\d[\d ()\-]{6,18}\d")

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
+from typing import Any
 
 import phonenumbers
 from phonenumbers import PhoneNumberType
 
+from otpd.config.checks import MAX_EMAIL, is_web_url, mailbox
 from otpd.errors import ValidationError
 
 __all__ = [
@@ -33,6 +36,8 @@ __all__ = [
     "check_display_name",
     "check_locale",
     "check_purpose",
+    "check_template_urls",
+    "check_url",
     "check_user_agent",
     "check_user_id",
     "e164",
@@ -48,7 +53,6 @@ MAX_LOCALE = 16
 MAX_CLIENT_IP = 64  # an IPv6 address with a zone index stays well below
 MAX_USER_AGENT = 512
 MAX_NAME = 128
-MAX_EMAIL = 254  # RFC 5321's path limit less the angle brackets
 MAX_PHONE = 32  # E.164 is at most 15 digits; room for spaces and dashes
 MAX_CODE = 10
 MAX_TEMPLATE = 64
@@ -60,10 +64,6 @@ MAX_IDEMPOTENCY_KEY = 255
 _USER_ID_RE = re.compile(rf"[A-Za-z0-9._:@+\-=|/]{{1,{MAX_USER_ID}}}")
 _PURPOSE_RE = re.compile(rf"[a-z0-9_\-]{{1,{MAX_PURPOSE}}}")
 _LOCALE_RE = re.compile(r"[a-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})?")
-# Pragmatic address check: one @, no spaces or control characters, a dotted domain.
-_EMAIL_RE = re.compile(
-    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~\-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9\-.]{0,251}[A-Za-z0-9])?"
-)
 _MOBILE_TYPES = {PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE}
 
 
@@ -121,16 +121,33 @@ def check_user_agent(value: str | None, field: str = "user_agent") -> str | None
     return value
 
 
+# Context values under these names end up in an ``href`` or ``src``: they are URLs.
+_URL_KEY_RE = re.compile(r"(?:url|link|[a-z0-9_]*_(?:url|link))")
+
+
+def check_url(value: object, field: str, *, allow_http: bool) -> str:
+    """An absolute web URL (see :func:`otpd.config.checks.is_web_url`), or a 422."""
+    if not is_web_url(value, allow_http=allow_http):
+        wanted = "an absolute https:// URL" + (" (or http:// in dev)" if allow_http else "")
+        raise ValidationError.field(field, f"must be {wanted}")
+    assert isinstance(value, str)
+    return value
+
+
+def check_template_urls(context: Mapping[str, Any], *, allow_http: bool) -> None:
+    """Refuse a template context whose URL-typed values (``link``, ``*_url``) are not
+    absolute web URLs: context is data, never a link target an attacker picks."""
+    for key, value in context.items():
+        if _URL_KEY_RE.fullmatch(key) and value != "":  # "" is no link at all
+            check_url(value, f"context.{key}", allow_http=allow_http)
+
+
 def normalize_email(value: str, field: str = "email") -> str:
-    """Trimmed, with the domain lower-cased; rejects anything that is not one address."""
-    value = value.strip()
-    domain_part = value.rpartition("@")[2]
-    if len(value) > MAX_EMAIL or not _EMAIL_RE.fullmatch(value) or "." not in domain_part:
+    """One address otpd can send to (see :func:`otpd.config.checks.mailbox`), or a 422."""
+    address = mailbox(value)
+    if address is None:
         raise ValidationError.field(field, "not a valid email address")
-    local, _, domain = value.rpartition("@")
-    if local.startswith(".") or local.endswith(".") or ".." in value:
-        raise ValidationError.field(field, "not a valid email address")
-    return f"{local}@{domain.lower()}"
+    return address
 
 
 def parse_phone(value: str, field: str = "phone") -> phonenumbers.PhoneNumber:

@@ -118,3 +118,18 @@ def test_exceptions_are_rendered_and_redacted(json_logs: io.StringIO) -> None:
     [line] = lines(json_logs)
     assert "jane@example.com" not in json_logs.getvalue()
     assert "j***@example.com" in str(line["exception"])
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("to bo!x@example.com now", "to b***@example.com now"),
+        ("to jöhn.doe@bücher.example", "to j***@bücher.example"),
+        ("<o'neil+tag@example.com>", "<o***@example.com>"),
+        ("(a#b$c%d&e@example.com)", "(a***@example.com)"),
+        ("x=?utf-8?q?a?=@example.com", "x***@example.com"),
+        ("call +1 (415) 555-2671 or +14155552671", "call +1******2671 or +1******2671"),
+    ],
+)
+def test_every_local_part_and_number_is_masked_the_same_way(text: str, masked: str) -> None:
+    assert redact_text(text) == masked

@@ -185,10 +185,53 @@ async def test_user_input_is_escaped_in_html_and_kept_verbatim_in_text(
 
 async def test_links_cannot_break_out_of_their_attribute(renderer: TemplateRenderer) -> None:
     hostile = 'https://x.example/"><script>alert(1)</script>'
-    email = await renderer.render_email("waitlist_approved", {"signup_url": hostile})
-    assert "<script" not in email.html
-    assert 'href="https://x.example/&#34;&gt;&lt;script&gt;' in email.html
+    with pytest.raises(ValidationError) as info:
+        await renderer.render_email("waitlist_approved", {"signup_url": hostile})
+    assert set(info.value.fields) == {"context.signup_url"}
+    fine = "https://x.example/join?a=1&b=<2>".replace("<2>", "2")
+    email = await renderer.render_email("waitlist_approved", {"signup_url": fine})
+    assert 'href="https://x.example/join?a=1&amp;b=2"' in email.html
     assert_well_formed(email.html)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "javascript:alert(1)",
+        "JavaScript:alert(1)",
+        " javascript:alert(1)",
+        "data:text/html,<b>x</b>",
+        "vbscript:msgbox",
+        "//evil.example/x",
+        "/relative/path",
+        "https://",
+        "https:///nohost",
+        "https://exa mple.com/",
+        "https://example.com/\u0000",
+        "mailto:a@example.com",
+        5,
+    ],
+)
+async def test_url_context_values_must_be_absolute_web_urls(
+    renderer: TemplateRenderer, url: object
+) -> None:
+    for key in ("signup_url", "link", "url"):
+        with pytest.raises(ValidationError) as info:
+            await renderer.render_email(
+                "waitlist_approved", {"signup_url": "https://ok.example", key: url}
+            )
+        assert f"context.{key}" in info.value.fields
+
+
+async def test_http_links_are_for_dev_only() -> None:
+    context = {"signup_url": "http://localhost:3000/join"}
+    dev = TemplateRenderer(ProductConfig(), allow_http=True)
+    assert (
+        "http://localhost:3000/join" in (await dev.render_email("waitlist_approved", context)).html
+    )
+    production = TemplateRenderer(ProductConfig(), allow_http=False)
+    with pytest.raises(ValidationError):
+        await production.render_email("waitlist_approved", context)
 
 
 async def test_layout_shows_product_name_logo_footer_and_support(

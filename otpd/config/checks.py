@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
+
+import idna
 
 from otpd.errors import ConfigError
 
-__all__ = ["Checks", "Problem", "is_loopback", "raise_problems", "secret"]
+__all__ = [
+    "Checks",
+    "Problem",
+    "is_loopback",
+    "is_web_url",
+    "mailbox",
+    "raise_problems",
+    "secret",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +47,56 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+MAX_URL = 2048
+_URL_RE = re.compile(r"https?://[^\s\x00-\x1f\x7f\"'<>`\\]+", re.IGNORECASE)
+
+
+def is_web_url(value: object, *, allow_http: bool) -> bool:
+    """An absolute ``https://`` URL with a host (``http://`` too when ``allow_http``): never
+    ``javascript:``, ``data:``, a relative path or anything with spaces or quotes."""
+    schemes = ("https://", "http://") if allow_http else ("https://",)
+    if not isinstance(value, str) or len(value) > MAX_URL:
+        return False
+    if not value.lower().startswith(schemes) or _URL_RE.fullmatch(value) is None:
+        return False
+    try:
+        return bool(urlsplit(value).hostname)
+    except ValueError:  # e.g. a bracketed host that is no IPv6 address
+        return False
+
+
+MAX_EMAIL = 254  # RFC 5321's path limit less the angle brackets
+# RFC 5322 dot-atom local part, ASCII only (what every relay accepts without SMTPUTF8).
+_LOCAL_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]+)*")
+# A host name label after IDNA: letters, digits, inner hyphens, 1 to 63 characters.
+_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?")
+
+
+def mailbox(value: str) -> str | None:
+    """``value`` as one address otpd can send to, or ``None``: an ASCII dot-atom local part
+    of at most 64 characters, a host name domain (internationalised names in their IDNA
+    ``xn--`` form, lower case), at most 254 characters in all. No encoded words, quotes,
+    comments, control characters or domain literals: RFC 2047 forbids encoded words in an
+    address, and nothing else is needed to reach a mailbox."""
+    value = value.strip()
+    local, sep, domain = value.rpartition("@")
+    if not sep or len(local) > 64 or len(value) > 4 * MAX_EMAIL:
+        return None
+    if not _LOCAL_RE.fullmatch(local) or "=?" in local:
+        return None
+    try:
+        ascii_domain = idna.encode(domain, uts46=True).decode("ascii").lower()
+    except (idna.IDNAError, UnicodeError):
+        return None
+    labels = ascii_domain.split(".")
+    if len(labels) < 2 or labels[-1].isdigit() or len(ascii_domain) > 253:
+        return None
+    if not all(_LABEL_RE.fullmatch(label) for label in labels):
+        return None
+    address = f"{local}@{ascii_domain}"
+    return address if len(address) <= MAX_EMAIL else None
 
 
 def raise_problems(problems: Iterable[Problem]) -> None:

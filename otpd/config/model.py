@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from otpd.config.checks import Problem, is_loopback, raise_problems
+from otpd.config.checks import Problem, is_loopback, is_web_url, raise_problems
 from otpd.config.sections import (
     AuthConfig,
     BreakerConfig,
@@ -83,6 +83,13 @@ class Config:
         """Every rule that spans sections, in the order an operator would fix them."""
         if self.server.env == "production":
             yield from self._production()
+        logo = self.product.logo_url
+        if logo and not is_web_url(logo, allow_http=self.server.env != "production"):
+            yield Problem(
+                "product.logo_url",
+                "must be an absolute https:// URL"
+                + (" (or http:// in dev)" if self.server.env != "production" else ""),
+            )
         exposed = exposure_problem(self.server.host, bool(self.auth.keys))
         if exposed is not None:
             yield exposed

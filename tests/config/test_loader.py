@@ -368,3 +368,37 @@ def test_with_overrides_returns_a_new_config() -> None:
     other = config.with_overrides(otp=dataclasses.replace(config.otp, length=8))
     assert other.otp.length == 8
     assert config.otp.length == 6
+
+
+@pytest.mark.parametrize(
+    ("env", "url", "ok"),
+    [
+        ("dev", "https://cdn.example.com/logo.png", True),
+        ("dev", "http://localhost:8080/logo.png", True),
+        ("dev", "javascript:alert(1)", False),
+        ("dev", "/logo.png", False),
+        ("production", "http://cdn.example.com/logo.png", False),
+    ],
+)
+def test_product_logo_url_must_be_an_absolute_web_url(env: str, url: str, ok: bool) -> None:
+    data: dict[str, dict[str, Any]] = {"product": {"logo_url": url}}
+    if env == "production":
+        data = {**production(), "product": {"logo_url": url}}
+    if ok:
+        assert load_config(data=data, env={}).product.logo_url == url
+    else:
+        assert config_error(data=data).startswith("product.logo_url:")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("from_address", "=?utf-8?q?x?=@example.com"),
+        ("from_address", "Otpd <no-reply@example.com>"),
+        ("reply_to", "help@example.com, evil@example.net"),
+        ("reply_to", "help\r\n@example.com"),
+    ],
+)
+def test_sender_addresses_are_one_plain_mailbox(key: str, value: str) -> None:
+    # a bad sender would fail every message for good, so start-up refuses it
+    assert config_error(data={"email": {key: value}}).startswith(f"email.{key}:")

@@ -258,3 +258,15 @@ async def test_rate_limits_hold_across_daemon_instances_on_redis(
         for daemon in (first, second):
             with pytest.raises(RateLimitedError):
                 await daemon.otp.issue(user_id="shared", channel="sms", phone="+14155552671")
+
+
+@pytest.mark.parametrize("address", ["=?utf-8?q?x=0D=0A?=@example.com", "a\r\nb@example.com"])
+async def test_a_poison_recipient_is_refused_up_front_and_nothing_is_queued(
+    otpd: Otpd, address: str
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        await otpd.otp.issue(user_id="u1", channel="email", email=address)
+    assert set(info.value.fields) == {"email"}
+    with pytest.raises(ValidationError):
+        await otpd.messages.send(channel="email", to=address, subject="s", text="t")
+    assert otpd.dispatcher.depth == 0
