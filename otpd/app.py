@@ -71,7 +71,11 @@ class Otpd:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self.metrics = Metrics()
-        self.renderer = TemplateRenderer(config.product, config.email.templates_dir)
+        self.renderer = TemplateRenderer(
+            config.product,
+            config.email.templates_dir,
+            allow_http=config.server.env != "production",
+        )
         self._given_store = store
         self._state = _State.NEW
         self._stack: AsyncExitStack | None = None
@@ -82,6 +86,7 @@ class Otpd:
         self._state = _State.OPEN
         async with AsyncExitStack() as stack:
             self.hasher = Hasher(self._secret())
+            self.renderer.preload()
             store = self._given_store or create_store(
                 self.config.store.backend,
                 self.config.store,

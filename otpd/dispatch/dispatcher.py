@@ -226,6 +226,10 @@ class Dispatcher:
                 # A worker must survive anything; the task still ends in a visible state.
                 log.exception("dispatcher.worker_error", task_id=job.record.task_id)
                 await self._finish(job, TaskStatus.FAILED, "internal error during delivery")
+            # A full queue hands out the next job without waiting, and a delivery may not
+            # wait on anything either (the dev outbox, the memory store): yield, so that a
+            # backlog of deliveries never holds the event loop.
+            await asyncio.sleep(0)
 
     async def _attempt(self, job: Job) -> None:
         record = job.record

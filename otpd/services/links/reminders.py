@@ -17,7 +17,7 @@ __all__ = ["MAX_REMINDERS", "ReminderUser", "Reminders", "RemindersQueued", "Ski
 log = structlog.get_logger("otpd.links")
 
 MAX_REMINDERS = 1000
-_CONCURRENCY = 32
+_CONCURRENCY = 8  # reminders in flight at once: overlaps store round trips, bounds a loop turn
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +58,8 @@ class Reminders:
         todo: list[tuple[int, LinkRequest]] = []
         seen: set[str] = set()
         for i, user in enumerate(users):
+            if i % _CONCURRENCY == 0:
+                await asyncio.sleep(0)  # a long batch must not hold the event loop
             try:
                 req = LinkRequest.checked(
                     VERIFY,
@@ -89,6 +91,9 @@ class Reminders:
 
     async def _remind(self, req: LinkRequest) -> str | None:
         links = self.links
+        # Rendering and hashing never wait on anything with the memory store: give the loop
+        # a turn per reminder, so /healthz and other requests go on during a batch.
+        await asyncio.sleep(0)
         try:
             limits = links.deps.limits.verification(req.user_id, None)
             prepared = await links.prepare(req, links.config.verification_ttl_seconds, limits)
