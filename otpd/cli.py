@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import signal
 import sys
@@ -96,6 +97,9 @@ async def _serve(config: Config) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with HttpServer(config) as server:
+        # Everything made at start-up lives as long as the process: keep it out of the
+        # collector's full passes, which otherwise pause the loop for tens of milliseconds.
+        gc.freeze()
         log.info(
             "otpd.listening",
             url=server.url,
