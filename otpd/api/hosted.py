@@ -7,15 +7,19 @@ burn it. This module owns the path: it tells the link builder where the page is 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 from functools import cache
 from urllib.parse import urlsplit
 
+import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from markupsafe import Markup
 
-from otpd.api.middleware import public
+from otpd.api.middleware import CLOSE_CONNECTION, public
 from otpd.api.routes import OTPD
 from otpd.app import Otpd
 from otpd.config import LinksConfig
@@ -31,6 +35,11 @@ HOSTED_PAGE = "_hosted/verify_email"
 HOSTED_ROUTE = "hosted_verify_email"
 
 hosted_routes = web.RouteTableDef()
+
+log = structlog.get_logger("otpd.api")
+
+# What the page's form sends (a browser's default enctype); nothing else is read.
+FORM_TYPES = frozenset({"", "application/x-www-form-urlencoded"})
 
 
 @cache
@@ -86,7 +95,11 @@ def _accept_language(request: web.Request) -> str | None:
 async def hosted_verify_page(request: web.Request) -> web.Response:
     """The Confirm page. It reads nothing from the store: opening it changes nothing."""
     otpd = _hosted(request)
-    token = request.query.get("token", "")
+    return await _page(request, otpd, request.query.get("token", ""))
+
+
+async def _page(request: web.Request, otpd: Otpd, token: str) -> web.Response:
+    """The page with its Confirm form, or (400) the broken-link page without one."""
     well_formed = otpd.links.is_well_formed(token)
     html = await otpd.renderer.render_page(
         HOSTED_PAGE,
@@ -111,18 +124,44 @@ async def hosted_verify_page(request: web.Request) -> web.Response:
 @public
 async def hosted_verify_confirm(request: web.Request) -> web.Response:
     """Consume the token from the form, then send the browser on (303) to the configured
-    success or failure page. No CSRF token: the link token is itself the only secret and
-    no cookie or session gives a forged POST any authority it would not have anyway."""
+    success or failure page; a body that is not the page's form gets the broken-link page
+    (400). No CSRF token: the link token is itself the only secret and no cookie or
+    session gives a forged POST any authority it would not have anyway."""
     otpd = _hosted(request)
-    form = await request.post()
-    token = form.get("token")
+    token = await _form_token(request, otpd)
+    if token is None:
+        return await _page(request, otpd, "")
     target = otpd.config.links.failure_url
-    if isinstance(token, str):
-        try:
-            await otpd.links.confirm_verification(token)
-            target = otpd.config.links.success_url
-        except InvalidTokenError:
-            pass
+    try:
+        await otpd.links.confirm_verification(token)
+        target = otpd.config.links.success_url
+    except InvalidTokenError:
+        pass
     raise web.HTTPSeeOther(
         target, headers=page_headers(otpd.config.links, otpd.config.product.logo_url)
     )
+
+
+async def _form_token(request: web.Request, otpd: Otpd) -> str | None:
+    """The form's ``token`` field ("" when absent), or None for a body that is not the
+    page's form: another content type, too large, too slow, undecodable or not UTF-8."""
+    if request.content_type not in FORM_TYPES:
+        problem = "content type"
+    else:
+        try:
+            async with asyncio.timeout(otpd.config.server.body_timeout_seconds):
+                form = await request.post()
+        except TimeoutError:
+            request[CLOSE_CONNECTION] = True
+            problem = "timeout"
+        except web.HTTPRequestEntityTooLarge:
+            problem = "too large"
+        except (RequestPayloadError, HttpProcessingError):
+            problem = "undecodable"
+        except (UnicodeDecodeError, LookupError):  # not UTF-8, or an unknown charset
+            problem = "charset"
+        else:
+            token = form.get("token", "")
+            return token if isinstance(token, str) else None
+    log.info("hosted.bad_form", problem=problem)
+    return None

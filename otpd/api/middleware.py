@@ -16,7 +16,14 @@ from aiohttp.typedefs import Middleware
 from otpd.config import ApiKey
 from otpd.errors import OtpdError, RateLimitedError, UnauthorizedError
 
-__all__ = ["CLIENT", "auth_middleware", "error_middleware", "error_response", "public"]
+__all__ = [
+    "CLIENT",
+    "CLOSE_CONNECTION",
+    "auth_middleware",
+    "error_middleware",
+    "error_response",
+    "public",
+]
 
 log = structlog.get_logger("otpd.api")
 
@@ -24,6 +31,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 CLIENT = web.RequestKey("client", str)
 """The name of the API key that authenticated the request."""
+
+CLOSE_CONNECTION = web.RequestKey("otpd_close_connection", bool)
+"""Set on a request whose body timed out: the hardened protocol closes the connection
+right after the answer instead of lingering over the rest of the body."""
 
 H = TypeVar("H", bound=Handler)
 
@@ -51,8 +62,15 @@ _HTTP_CODES = {
     406: "not_acceptable",
     408: "request_timeout",
     413: "validation_error",
+    414: "uri_too_long",
     415: "unsupported_media_type",
+    431: "headers_too_large",
 }
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def error_response(
@@ -81,6 +99,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response.headers["Allow"] = exc.headers["Allow"]
     except asyncio.CancelledError:
         raise
+    except ConnectionResetError as exc:  # aiohttp's ClientConnectionResetError included
+        if not _client_gone(request):
+            log.exception("api.unhandled_error", method=request.method, path=request.path)
+            response = error_response(500, "internal_error", "internal error")
+        else:  # the client hung up mid-request: nobody reads the answer, nothing failed
+            log.debug("api.client_disconnected", method=request.method, error=str(exc))
+            response = error_response(400, "bad_request", "the client closed the connection")
     except Exception:
         log.exception("api.unhandled_error", method=request.method, path=request.path)
         response = error_response(500, "internal_error", "internal error")

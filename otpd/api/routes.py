@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any, TypeVar
 
@@ -9,7 +10,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from otpd.api.middleware import CLIENT, public
+from otpd.api.middleware import CLIENT, CLOSE_CONNECTION, public
 from otpd.api.schemas import IssueOtpBody, SendMessageBody, VerifyOtpBody, parse_body
 from otpd.app import Otpd
 from otpd.clock import rfc3339
@@ -24,10 +25,17 @@ routes = web.RouteTableDef()
 
 
 async def read_body(request: web.Request, cls: type[T]) -> T:
+    """The JSON body as ``cls``: read within ``server.body_timeout_seconds`` (else a 408
+    that closes the connection), at most ``server.max_body_bytes`` (else a 422)."""
+    server = request.app[OTPD].config.server
     try:
-        raw = await request.read()
+        async with asyncio.timeout(server.body_timeout_seconds):
+            raw = await request.read()
+    except TimeoutError:
+        request[CLOSE_CONNECTION] = True
+        raise web.HTTPRequestTimeout() from None
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app[OTPD].config.server.max_body_bytes
+        limit = server.max_body_bytes
         raise ValidationError(
             f"the body exceeds {limit} bytes", details={"body": f"larger than {limit} bytes"}
         ) from None

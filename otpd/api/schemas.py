@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,12 +22,44 @@ __all__ = [
     "SendMessageBody",
     "TokenBody",
     "VerifyOtpBody",
+    "nesting_exceeds",
     "parse_body",
 ]
 
 T = TypeVar("T")
 
 MAX_STR = 2048
+# Arrays and objects nested deeper than this are refused before the body is parsed, so no
+# recursive walk (the JSON decoder, these checks, the encoder, a log renderer) meets them.
+MAX_DEPTH = 32
+# Unknown fields named in one error answer (the rest of a large body is not echoed back).
+MAX_REPORTED_UNKNOWN = 20
+MAX_REPORTED_NAME = 64
+
+# A JSON string; possessive, so an unterminated one ends the scan in linear time.
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"?', re.DOTALL)
+_BRACKETS = bytes.maketrans(b"{}", b"[]")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def nesting_exceeds(raw: bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether the JSON text ``raw`` nests arrays and objects deeper than ``limit``.
+
+    Linear and in C: strings are cut out and all but brackets dropped; then each pass
+    removes the innermost level (``[]``). A run of openers longer than the depth still
+    allowed, or a pair left after ``limit`` passes, is too deep. Well-formedness is the
+    parser's job: unbalanced text may count as deep, and is refused either way."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    brackets = _STRING.sub(b"", raw).translate(_BRACKETS, _NOT_BRACKETS)
+    for removed_levels in range(limit):
+        if b"[" * (limit + 1 - removed_levels) in brackets:
+            return True
+        size = len(brackets)
+        brackets = brackets.replace(b"[]", b"")
+        if len(brackets) == size:
+            return False
+    return b"[]" in brackets
 
 
 _HINTS: dict[type[Any], dict[str, Any]] = {}
@@ -92,7 +125,10 @@ def _check(value: Any, tp: Any, meta: dict[str, Any]) -> str | None:
 def _build(cls: type[T], data: dict[str, Any]) -> T:
     hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    problems = {name: "unknown field" for name in data if name not in fields}
+    unknown = [name for name in data if name not in fields]
+    problems = {_shown(name): "unknown field" for name in unknown[:MAX_REPORTED_UNKNOWN]}
+    if len(unknown) > MAX_REPORTED_UNKNOWN:
+        problems["..."] = f"{len(unknown) - MAX_REPORTED_UNKNOWN} more unknown fields"
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         if name not in data:
@@ -114,8 +150,16 @@ def _build(cls: type[T], data: dict[str, Any]) -> T:
     return cls(**kwargs)
 
 
+def _shown(name: str) -> str:
+    return name if len(name) <= MAX_REPORTED_NAME else name[:MAX_REPORTED_NAME] + "..."
+
+
 def parse_body(cls: type[T], raw: bytes) -> T:
     """Parse a JSON object body into ``cls`` or raise a 422 with per-field details."""
+    if nesting_exceeds(raw):
+        raise ValidationError(
+            "malformed JSON", details={"body": f"nested deeper than {MAX_DEPTH} levels"}
+        )
     try:
         # decoded here, strictly: json.loads would sniff and accept UTF-16 and UTF-32
         text = raw.decode("utf-8")

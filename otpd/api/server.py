@@ -17,6 +17,7 @@ from aiohttp import web
 from otpd.api.hosted import HOSTED_ROUTE, hosted_routes
 from otpd.api.links import link_routes
 from otpd.api.middleware import auth_middleware, error_middleware
+from otpd.api.protocol import OtpdAppRunner
 from otpd.api.routes import OTPD, routes
 from otpd.app import Otpd
 from otpd.clock import Clock
@@ -69,6 +70,8 @@ class HttpServer:
 
     Given a :class:`Config`, the server's app opens (and closes) its own daemon; given an
     open :class:`Otpd`, it serves that one. ``port=0`` binds a free port (see :attr:`url`).
+    It runs the hardened protocol of :mod:`otpd.api.protocol` (request-head and body
+    deadlines, ``server.max_connections``, JSON answers to malformed HTTP).
     """
 
     def __init__(
@@ -79,7 +82,7 @@ class HttpServer:
         self.config = config
         self.host = host or config.server.host
         self.port = config.server.port if port is None else port
-        self._runner: web.AppRunner | None = None
+        self._runner: OtpdAppRunner | None = None
 
     async def __aenter__(self) -> Self:
         if self._runner is not None:
@@ -89,7 +92,9 @@ class HttpServer:
             raise ConfigError.from_problems([exposed])
         if not self.config.auth.keys:
             log.warning("auth.disabled", reason="no auth.keys configured; serving on loopback only")
-        runner = web.AppRunner(create_app(self.source), access_log=None, handle_signals=False)
+        runner = OtpdAppRunner(
+            create_app(self.source), self.config.server, access_log=None, handle_signals=False
+        )
         await runner.setup()
         try:
             site = web.TCPSite(runner, self.host, self.port)

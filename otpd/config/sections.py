@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from otpd.config.checks import Checks, secret
+from otpd.config.checks import Checks, mailbox, secret
 from otpd.config.vendors import EMAIL_PROVIDERS, SMS_PROVIDERS
 
 __all__ = [
@@ -38,11 +38,19 @@ class ServerConfig:
     port: int = 8080
     env: Literal["dev", "production"] = "dev"
     max_body_bytes: int = 65536
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
+    keepalive_timeout_seconds: float = 75.0
+    max_connections: int = 1024
 
     def __post_init__(self) -> None:
         c = Checks("server")
         c.need(0 <= self.port <= 65535, "port", "must be between 0 and 65535")
         c.need(1024 <= self.max_body_bytes <= 1 << 20, "max_body_bytes", "1 KiB to 1 MiB")
+        for key in ("header_timeout_seconds", "body_timeout_seconds", "keepalive_timeout_seconds"):
+            value = getattr(self, key)
+            c.need(0 < value <= 3600, key, "must be greater than 0 and at most 3600")
+        c.need(1 <= self.max_connections <= 1_000_000, "max_connections", "must be 1 to 1000000")
         c.done()
 
 
@@ -186,7 +194,12 @@ class EmailConfig:
     def __post_init__(self) -> None:
         c = Checks("email")
         _provider_names(c, self.providers, EMAIL_PROVIDERS)
-        c.need("@" in self.from_address, "from_address", "must be an email address")
+        c.need(mailbox(self.from_address) is not None, "from_address", "must be one plain address")
+        c.need(
+            not self.reply_to or mailbox(self.reply_to) is not None,
+            "reply_to",
+            "must be one plain address",
+        )
         c.need(
             not self.templates_dir or Path(self.templates_dir).is_dir(),
             "templates_dir",
