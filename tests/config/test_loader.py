@@ -402,3 +402,11 @@ def test_product_logo_url_must_be_an_absolute_web_url(env: str, url: str, ok: bo
 def test_sender_addresses_are_one_plain_mailbox(key: str, value: str) -> None:
     # a bad sender would fail every message for good, so start-up refuses it
     assert config_error(data={"email": {key: value}}).startswith(f"email.{key}:")
+
+
+@pytest.mark.parametrize("section", ["ses", "sns"])
+def test_half_set_static_aws_credentials_are_a_config_error(section: str) -> None:
+    half = {"access_key_id": "AKIAEXAMPLE"}
+    assert config_error(data={section: half}).startswith(f"{section}.secret_access_key:")
+    half = {"secret_access_key": "s3cr3t"}
+    assert config_error(data={section: half}).startswith(f"{section}.access_key_id:")

@@ -21,8 +21,8 @@ from botocore.exceptions import (
 )
 
 from otpd.clock import FakeClock
-from otpd.config import BreakerConfig, SesConfig, load_config
-from otpd.errors import ConfigError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from otpd.config import BreakerConfig, SesConfig
+from otpd.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from otpd.metrics import Metrics
 from otpd.models import Channel, Message
 from otpd.providers.chain import ProviderChain
@@ -327,13 +327,6 @@ async def test_health_reports_region_and_endpoint(moto: Moto) -> None:
             "region": REGION,
             "endpoint": f"https://email.{REGION}.amazonaws.com",
         }
-
-
-def test_half_set_static_credentials_are_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"ses\.secret_access_key"):
-        load_config(data={"ses": {"access_key_id": "AKIAEXAMPLE"}}, env={})
-    with pytest.raises(ConfigError, match=r"ses\.access_key_id"):
-        load_config(data={"ses": {"secret_access_key": "s3cr3t"}}, env={})
 
 
 def test_registry_builds_ses_from_config() -> None:

@@ -12,8 +12,8 @@ from urllib.parse import parse_qs
 import pytest
 from botocore.exceptions import ClientError, ConnectTimeoutError, NoCredentialsError
 
-from otpd.config import SnsConfig, load_config
-from otpd.errors import ConfigError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from otpd.config import SnsConfig
+from otpd.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from otpd.models import Channel, Message
 from otpd.providers.dev import ConsoleSmsProvider
 from otpd.providers.sns import SnsProvider
@@ -224,13 +224,6 @@ async def test_health_reports_region_and_endpoint(moto: Moto) -> None:
             "region": REGION,
             "endpoint": f"https://sns.{REGION}.amazonaws.com",
         }
-
-
-def test_half_set_static_credentials_are_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"sns\.secret_access_key"):
-        load_config(data={"sns": {"access_key_id": "AKIAEXAMPLE"}}, env={})
-    with pytest.raises(ConfigError, match=r"sns\.access_key_id"):
-        load_config(data={"sns": {"secret_access_key": "s3cr3t"}}, env={})
 
 
 def test_registry_builds_sns_from_config() -> None:
