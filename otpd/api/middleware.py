@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -46,10 +47,15 @@ def public(handler: H) -> H:
     return handler
 
 
+_V1 = re.compile(r"(?:^|/)v1(?:/|$)")
+
+
 def _needs_key(request: web.Request) -> bool:
     match = request.match_info
     if match.http_exception is not None:
-        return False  # no such route: a 404 or 405 tells nothing an API key would protect
+        # no such route (404, 405): under v1 the key comes first, as it always has, so an
+        # unauthenticated caller learns nothing of the API; elsewhere it is a plain 404
+        return _V1.search(request.path) is not None
     return not getattr(match.handler, "otpd_public", False)
 
 

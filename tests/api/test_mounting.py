@@ -58,3 +58,25 @@ async def test_a_mounted_app_keeps_auth_public_routes_and_its_hosted_links(
         assert 'action="/otpd/l/verify-email"' in await page.text()
     finally:
         await client.close()
+
+
+async def test_unknown_routes_under_v1_ask_for_the_key_first(tmp_path: Path) -> None:
+    config = load_config(
+        data={
+            "security": {"secret_key": TEST_SECRET},
+            "auth": {"keys": [{"name": "k", "sha256": api_key_digest(KEY)}]},
+            "outbox": {"dir": str(tmp_path)},
+        },
+        env={},
+    )
+    client: TestClient[Any, Any] = TestClient(TestServer(create_app(config), host="127.0.0.1"))
+    await client.start_server()
+    try:
+        assert (await client.get("/v1/nope")).status == 401
+        assert (await client.get("/v1/otp")).status == 401  # a wrong method, too
+        assert (await client.get("/nope")).status == 404
+        headers = {"Authorization": f"Bearer {KEY}"}
+        assert (await client.get("/v1/nope", headers=headers)).status == 404
+        assert (await client.get("/v1/otp", headers=headers)).status == 405
+    finally:
+        await client.close()
