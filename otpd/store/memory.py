@@ -2,22 +2,20 @@
 
 Every operation runs without awaiting in between, so on one event loop it is atomic.
 
-A limit key holds a :class:`_Window`, the counterpart of the Redis sorted set: its hits
-sorted by time, read from a head that moves as hits leave the window, so a check costs
-O(log n) in the hits of the window (amortised O(1) to drop the hits that left) instead of
-a copy of them. Every key has a deadline in one heap; each operation frees a few keys
-whose deadline has passed (and :meth:`MemoryStore.sweep` frees all of them), so memory
-comes back once the TTLs run out, without scanning the keys.
+A limit key holds a :class:`~otpd.store.windows.Window`, the counterpart of the Redis
+sorted set: its hits sorted by time, read from a head that moves as hits leave the
+window, so a check costs O(log n) in the hits of the window (amortised O(1) to drop the
+hits that left) instead of a copy of them. Every key has a deadline in one heap; each
+operation frees a few keys whose deadline has passed (and :meth:`MemoryStore.sweep` frees
+all of them), so memory comes back once the TTLs run out, without scanning the keys.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hmac
-from bisect import bisect_left, bisect_right, insort
 from collections.abc import Sequence
 from heapq import heappop, heappush
-from operator import itemgetter
 from types import TracebackType
 from typing import NamedTuple, Self, TypeVar
 
@@ -34,6 +32,7 @@ from otpd.store.base import (
     VerifyOutcome,
 )
 from otpd.store.keys import KeyLayout
+from otpd.store.windows import Window, ms
 
 __all__ = ["MemoryStore"]
 
@@ -42,89 +41,6 @@ T = TypeVar("T")
 # Expired keys each operation frees at most: more than any operation creates, so the
 # backlog shrinks under traffic while no single call pays for a large one.
 _FREE_PER_OP = 32
-
-# A window finds members by a scan while it holds this many hits at most, and by a dict
-# once it holds more: most windows (one per user and action) hold a few hits, and a dict
-# for each would cost more memory than all their hits.
-_SCAN_UP_TO = 8
-
-_hit_time = itemgetter(0)
-
-
-def _ms(seconds: float) -> int:
-    """Milliseconds, rounded the way the Redis store sends times to its scripts."""
-    return round(seconds * 1000)
-
-
-class _Window:
-    """The hits of one limit key, like its Redis sorted set: ``(time_ms, member)`` in
-    ascending order from ``_head`` on (the hits before it have left the window), and,
-    once there are more than a few, each member's time."""
-
-    __slots__ = ("_head", "_hits", "_times")
-
-    def __init__(self) -> None:
-        self._hits: list[tuple[int, str]] = []
-        self._head = 0
-        self._times: dict[str, int] | None = None
-
-    def __len__(self) -> int:
-        return len(self._hits) - self._head
-
-    def __repr__(self) -> str:
-        return f"_Window({len(self)} hits)"
-
-    def drop_until(self, cutoff: int) -> None:
-        """Drop the hits at or before ``cutoff`` (``ZREMRANGEBYSCORE key -inf cutoff``)."""
-        hits, head = self._hits, self._head
-        if head == len(hits) or hits[head][0] > cutoff:
-            return
-        end = bisect_right(hits, cutoff, head, key=_hit_time)
-        if self._times is not None:
-            for i in range(head, end):
-                del self._times[hits[i][1]]
-        # moving the head is O(1); the dead prefix goes once it is half the list, so each
-        # hit is moved at most once more on average
-        if 2 * end >= len(hits):
-            del hits[:end]
-            end = 0
-        self._head = end
-
-    def time_of(self, member: str) -> int | None:
-        if self._times is not None:
-            return self._times.get(member)
-        hits = self._hits
-        for i in range(self._head, len(hits)):
-            if hits[i][1] == member:
-                return hits[i][0]
-        return None
-
-    def time_at(self, rank: int) -> int:
-        """The time of the hit with ``rank`` older hits (``ZRANGE key rank rank``)."""
-        return self._hits[self._head + rank][0]
-
-    def newest(self) -> int:
-        return self._hits[-1][0]
-
-    def add(self, member: str, at: int) -> None:
-        """Record ``member`` at ``at``; a member already there moves to ``at`` (``ZADD``)."""
-        hits = self._hits
-        before = self.time_of(member)
-        if before == at:
-            return
-        if before is not None:
-            del hits[bisect_left(hits, (before, member), self._head)]
-        hit = (at, member)
-        # times only go back when a clock is stepped: appending is the usual case
-        if len(hits) == self._head or hits[-1] < hit:
-            hits.append(hit)
-        else:
-            insort(hits, hit, self._head)
-        if self._times is not None:
-            self._times[member] = at
-        elif len(hits) - self._head > _SCAN_UP_TO:
-            self._times = {m: t for t, m in hits[self._head :]}
-
 
 _OTP_FIELDS = tuple(f.name for f in dataclasses.fields(OtpRecord))
 
@@ -149,7 +65,7 @@ class _Code(NamedTuple):
         return cls(*[getattr(record, name) for name in _OTP_FIELDS])
 
 
-_Value = _Code | TokenRecord | TaskRecord | _Window | float | str
+_Value = _Code | TokenRecord | TaskRecord | Window | float | str
 
 
 class MemoryStore:
@@ -243,13 +159,13 @@ class MemoryStore:
         t = self._clock.time()
         self._expire(t if now is None else min(t, now))
 
-    def _live_window(self, key: str, cutoff: int) -> _Window | None:
+    def _live_window(self, key: str, cutoff: int) -> Window | None:
         """The hits of ``key`` after ``cutoff``; an emptied window is deleted, as Redis
         deletes an empty sorted set."""
         window = self._data.get(key)
         if window is None:
             return None
-        assert isinstance(window, _Window)
+        assert isinstance(window, Window)
         window.drop_until(cutoff)
         if not window:
             self._delete(key)
@@ -259,7 +175,7 @@ class MemoryStore:
     def _count(self, limits: Sequence[Limit], now: float, member: str) -> LimitExceeded | None:
         """``check_limits`` then ``record_hits`` of limits.lua: all limits are checked, the
         longest retry wins (the first on a tie), and hits count only if none refuses."""
-        now_ms = _ms(now)
+        now_ms = ms(now)
         keys = [self._keys.limit(lim.bucket, lim.window) for lim in limits]
         worst: Limit | None = None
         worst_retry = -1
@@ -284,8 +200,8 @@ class MemoryStore:
             return LimitExceeded(worst.scope, max(0.0, worst_retry / 1000))
         for lim, key in zip(limits, keys, strict=True):
             found = self._data.get(key)
-            hits = _Window() if found is None else found
-            assert isinstance(hits, _Window)
+            hits = Window() if found is None else found
+            assert isinstance(hits, Window)
             hits.add(lim.member or member, now_ms)
             # PEXPIRE window: the key outlives its newest hit by one window, so expiry
             # never takes a hit that is still inside it
