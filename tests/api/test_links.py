@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
-import statistics
 import sys
 from typing import Any
 
@@ -290,9 +288,9 @@ async def test_silently_dropped_reset_keeps_the_previous_token_live(start: Start
 # A separate process plays the remote caller: a client inside the daemon's own event loop
 # would also time the background delivery that runs after the response has left. The test
 # hands it one request at a time, each once the daemon's deliveries have settled, so the
-# work a sent reset leaves behind never weighs on the next request; and the requests go in
-# pairs, one of each kind in random order, so that whatever the rest of the machine does
-# at a moment weighs on both members of a pair alike.
+# work a sent reset leaves behind never weighs on the next request itself; the requests
+# go in blocks (see reset_timing) so that whatever the rest of the machine does at a
+# moment weighs on both kinds alike.
 TIMING_CLIENT = r"""
 import http.client, json, sys, time
 port = int(sys.argv[1])
@@ -308,33 +306,47 @@ for line in sys.stdin:
     print(json.dumps(answer), flush=True)
 """
 
-TIMING_PAIRS = 300
-# The median of paired differences (sent minus dropped) must stay within this. Seen here:
-# -0.03 to -0.12 ms on a quiet machine, down to -0.25 ms with both cores kept busy by
-# other processes.
-TIMING_BOUND_MS = 0.3
-# One more template render on one side (~0.14 ms of CPU here) must move the median by at
-# least this much, so a path that skips its render or a store round trip is caught.
+TIMING_PAIRS = 500
+# The fast-path gap (sent minus dropped) must stay within this. Seen here: -0.12 to +0.004
+# ms on a quiet machine, -0.02 to +0.11 ms with both cores kept busy by other processes.
+TIMING_BOUND_MS = 0.2
+# One more template render on one side (~0.14 ms of CPU here) must move the gap by at least
+# this much in the same run: the measurement resolves what the bound is there to catch.
 TIMING_RESOLUTION_MS = 0.07
+
+
+def fast_path_gap(order: list[str], ms: list[float]) -> float:
+    """Sent minus dropped, in ms, at the 10th percentile of each kind's latencies. A busy
+    machine adds delay to some requests and never takes any away, so the fast end of each
+    distribution is where the cost of the code itself shows, steady under load (medians
+    moved by 0.3 to 0.5 ms from run to run with both cores kept busy; this by 0.1)."""
+
+    def p10(kind: str) -> float:
+        times = sorted(t for k, t in zip(order, ms, strict=True) if k == kind)
+        return times[len(times) // 10]
+
+    return p10("sent") - p10("dropped")
 
 
 async def reset_timing(
     daemon: Otpd, port: int, pairs: int, seed: int
-) -> tuple[list[float], list[list[Any]]]:
-    """Paired differences (ms, sent minus dropped) over ``pairs`` pairs of requests, and
-    the raw answers. The victim's address is over its limit, so requests to it are dropped."""
-    rng = random.Random(seed)
+) -> tuple[float, list[list[Any]]]:
+    """The fast-path gap (ms, sent minus dropped) over ``pairs`` requests of each kind, and
+    the raw answers. The victim's address is over its limit, so requests to it are dropped.
+
+    The requests go in blocks of four, sent-dropped-dropped-sent, so that each kind
+    follows a sent request, which leaves a delivery behind it, exactly as often as a
+    dropped one.
+    """
     victim = f"victim{seed}@example.com"
     warmup = [{"user_id": f"w{seed}-{i}", "email": victim} for i in range(3)]
     order: list[str] = []
     bodies: list[dict[str, Any]] = []
-    for i in range(pairs):
-        pair = ["sent", "dropped"]
-        rng.shuffle(pair)
-        for kind in pair:
-            order.append(kind)
-            email_ = f"user{seed}-{i}@example.com" if kind == "sent" else victim
-            bodies.append({"user_id": f"u{seed}-{i}", "email": email_, "name": "Ada Lovelace"})
+    for i in range(2 * pairs):
+        kind = ("sent", "dropped", "dropped", "sent")[i % 4]
+        order.append(kind)
+        email_ = f"user{seed}-{i}@example.com" if kind == "sent" else victim
+        bodies.append({"user_id": f"u{seed}-{i}", "email": email_, "name": "Ada Lovelace"})
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
@@ -353,10 +365,7 @@ async def reset_timing(
     proc.stdin.close()
     assert await proc.wait() == 0
     answers = answers[len(warmup) :]
-    diffs = []
-    for k in range(0, len(order), 2):
-        ms = {order[k + j]: answers[k + j][0] * 1000 for j in (0, 1)}
-        diffs.append(ms["sent"] - ms["dropped"])
+    diffs = fast_path_gap(order, [answer[0] * 1000 for answer in answers])
     for kind, answer in zip(order, answers, strict=True):
         answer.append(kind)
     await wait_idle(daemon)
@@ -392,10 +401,10 @@ async def test_reset_answers_alike_in_status_shape_and_time_whether_sent_or_drop
             daemon.dispatcher.reject = slower  # type: ignore[method-assign]
             planted, _ = await reset_timing(daemon, server.port, TIMING_PAIRS, seed=2)
     assert sum(e["event"] == "audit.password_reset_rate_limited" for e in logs) == 2 * TIMING_PAIRS
-    gap, planted_gap = statistics.median(diffs), statistics.median(planted)
+    gap, planted_gap = diffs, planted
     # the numbers are the point of this test: see them with pytest -s
     print(
-        f"\n[{backend}] reset timing, {TIMING_PAIRS} pairs: median(sent - dropped) "
+        f"\n[{backend}] reset timing, {TIMING_PAIRS} of each: p10(sent) - p10(dropped) "
         f"{gap:+.3f} ms; with one more render when dropped {planted_gap:+.3f} ms"
     )
     assert abs(gap) < TIMING_BOUND_MS, (gap, planted_gap)
