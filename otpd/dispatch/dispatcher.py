@@ -285,6 +285,11 @@ class Dispatcher:
     async def _persist(self, job: Job, write: Awaitable[None]) -> None:
         try:
             await write
+        except UnavailableError:
+            # the store said once that it is down; a traceback per task would add nothing
+            log.warning(
+                "task.status_not_saved", task_id=job.record.task_id, status=job.record.status
+            )
         except Exception:
             # Delivery goes on even when the status write fails; the log keeps the trail.
             log.exception(

@@ -126,19 +126,18 @@ class InProcessQueue:
 
     async def retry(self, job: Job, delay: float) -> None:
         queue = self.queue
-        task_id = job.record.task_id
         try:
             await self.store.update_task(job.record)
         finally:
-
-            def due() -> None:
-                self._waiting.pop(task_id, None)
-                queue.put_nowait(job)
-                if self._retry_due is not None:
-                    self._retry_due.set()
-
-            self._waiting[task_id] = (job, asyncio.get_running_loop().call_later(delay, due))
+            handle = asyncio.get_running_loop().call_later(delay, self._due, job)
+            self._waiting[job.record.task_id] = (job, handle)
             queue.task_done()
+
+    def _due(self, job: Job) -> None:
+        self._waiting.pop(job.record.task_id, None)
+        self.queue.put_nowait(job)
+        if self._retry_due is not None:
+            self._retry_due.set()
 
     async def join(self) -> None:
         await self.queue.join()

@@ -261,3 +261,28 @@ async def test_shutdown_completes_when_a_library_swallows_the_cancellation(
     for task_id in ids:
         record = await store.get_task(task_id)
         assert record is not None and record.status.final
+
+
+async def test_a_store_down_during_status_writes_logs_warnings_and_delivery_goes_on(
+    clock: FakeClock,
+) -> None:
+    from structlog.testing import capture_logs
+
+    from otpd.store.memory import MemoryStore
+
+    class StatusWritesFail(MemoryStore):
+        async def update_task(self, record: TaskRecord) -> None:
+            raise UnavailableError("the store is unavailable")
+
+    store = StatusWritesFail(clock=clock)
+    provider = ScriptedProvider("outbox")
+    with capture_logs() as logs:
+        async with store, running(store, provider, fast(), clock) as d:
+            await d.enqueue(MSG)
+            async with asyncio.timeout(5):
+                await d.wait_idle()
+    assert provider.sent == [MSG]
+    not_saved = [e for e in logs if e["event"] == "task.status_not_saved"]
+    assert {e["status"] for e in not_saved} == {TaskStatus.SENDING, TaskStatus.SENT}
+    assert all(e["log_level"] == "warning" for e in not_saved), not_saved
+    assert not any("exc_info" in e for e in not_saved)
