@@ -14,17 +14,56 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2.utils import missing
 
 from otpd.config import ProductConfig
 from otpd.errors import ValidationError
 from otpd.validation import check_template_urls
 
-__all__ = ["BUILTIN_TEMPLATES", "RenderedEmail", "TemplateRenderer"]
+__all__ = ["BUILTIN_TEMPLATES", "MissingContextKeyError", "RenderedEmail", "TemplateRenderer"]
 
 BUILTIN_TEMPLATES = Path(__file__).parent / "templates"
 
 # Names the renderer or Jinja itself provide: a caller's context may not shadow them.
 _RESERVED = frozenset({"self", "locale", "product", "loop", "super", "caller", "varargs", "kwargs"})
+
+
+class MissingContextKeyError(jinja2.UndefinedError):
+    """A template used a top-level name that neither the context nor otpd provides."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"{key!r} is undefined")
+        self.key = key
+
+
+class _ContextUndefined(jinja2.StrictUndefined):
+    """``StrictUndefined`` whose error carries the missing context key, so the message can
+    name it without parsing Jinja's text. A missing attribute of a value, a macro argument
+    or a name Jinja explains itself (a hint) keeps Jinja's own error."""
+
+    __slots__ = ()
+    # StrictUndefined leaves Undefined's __aiter__ in place, so with enable_async a
+    # ``{% for %}`` over a missing key would iterate nothing instead of failing.
+    __aiter__ = jinja2.Undefined._fail_with_undefined_error
+
+    def __init__(
+        self,
+        hint: str | None = None,
+        obj: Any = missing,
+        name: str | None = None,
+        exc: type[jinja2.TemplateRuntimeError] = jinja2.UndefinedError,
+    ) -> None:
+        if hint is None and obj is missing and name is not None:
+            exc = MissingContextKeyError
+        super().__init__(hint, obj, name, exc)
+
+    @property
+    def _undefined_message(self) -> str:
+        # Jinja raises ``self._undefined_exception(self._undefined_message)``: hand the
+        # key itself to MissingContextKeyError.
+        if self._undefined_exception is MissingContextKeyError and self._undefined_name:
+            return self._undefined_name
+        return super()._undefined_message
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +88,7 @@ class TemplateRenderer:
             loader=jinja2.ChoiceLoader(loaders),
             # "html.j2" must be listed: select_autoescape matches on the final suffix.
             autoescape=jinja2.select_autoescape(["html", "html.j2"], default_for_string=False),
-            undefined=jinja2.StrictUndefined,
+            undefined=_ContextUndefined,
             enable_async=True,
             auto_reload=False,
             trim_blocks=True,
@@ -94,10 +133,13 @@ class TemplateRenderer:
         template = self._select(name, kind, locale)
         try:
             return await template.render_async({**context, "locale": locale or "en"})
+        except MissingContextKeyError as exc:
+            problem = f'template {name} needs the context key "{exc.key}"'
+            raise ValidationError(problem, fields={"context": problem}) from None
         except jinja2.UndefinedError as exc:
-            raise ValidationError.field(
-                "context", f"template {name!r} needs {exc.message}"
-            ) from None
+            # a missing attribute of a context value, a macro argument left out: Jinja's words
+            problem = f"template {name} could not be rendered: {exc.message}"
+            raise ValidationError(problem, fields={"context": problem}) from None
 
     async def render_email(
         self, name: str, context: dict[str, Any], locale: str | None = None

@@ -3,7 +3,10 @@ follows the locale rules; ``otpd render-template`` previews them."""
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -11,8 +14,10 @@ from typing import Any
 import pytest
 
 from otpd.cli import main
-from otpd.config import ProductConfig
+from otpd.config import EmailConfig, ProductConfig
 from otpd.errors import ValidationError
+from otpd.models import Channel, Message
+from otpd.providers.mime import build_email
 from otpd.templating import BUILTIN_TEMPLATES, TemplateRenderer
 
 LINK = "https://app.example.com/verify-email?token=0123456789abcdef01234567.AbC-_xyz"
@@ -69,6 +74,11 @@ REQUIRED: dict[str, set[str]] = {
     "account_deletion_cancelled": set(),
     "waitlist_approved": {"signup_url"},
 }
+# Every locale directory of the built-ins, and English (the top level).
+LOCALES: list[str | None] = [
+    None,
+    *sorted(p.name for p in BUILTIN_TEMPLATES.iterdir() if p.is_dir() and p.name[0] != "_"),
+]
 XSS = '<script>alert("x")</script>'
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source"}
 
@@ -155,15 +165,49 @@ async def test_every_template_renders_with_only_its_required_context(
     assert "Hi," in email.text or name == "otp_code"
 
 
-@pytest.mark.parametrize("name", sorted(n for n in SAMPLES if REQUIRED[n]))
-async def test_a_missing_required_value_is_a_validation_error(
-    renderer: TemplateRenderer, name: str
+@pytest.mark.parametrize("locale", LOCALES)
+@pytest.mark.parametrize(
+    ("name", "missing"), sorted((n, key) for n, keys in REQUIRED.items() for key in keys)
+)
+async def test_a_missing_required_value_is_a_validation_error_naming_the_key(
+    renderer: TemplateRenderer, name: str, missing: str, locale: str | None
 ) -> None:
-    missing = sorted(REQUIRED[name])[0]
     context = {k: v for k, v in SAMPLES[name].items() if k != missing}
     with pytest.raises(ValidationError) as info:
-        await renderer.render_email(name, context)
-    assert missing in info.value.fields["context"]
+        await renderer.render_email(name, context, locale)
+    expected = f'template {name} needs the context key "{missing}"'
+    assert info.value.message == expected
+    assert info.value.fields == {"context": expected}
+    if name == "otp_code":
+        with pytest.raises(ValidationError) as sms:
+            await renderer.render_sms(name, context, locale)
+        assert sms.value.message == expected
+
+
+async def test_a_loop_over_a_missing_key_names_the_key_too(tmp_path: Path) -> None:
+    # StrictUndefined alone lets an async {% for %} over a missing name iterate nothing
+    (tmp_path / "digest.sms.j2").write_text("{% for item in items %}{{ item }} {% endfor %}")
+    renderer = TemplateRenderer(PRODUCT, str(tmp_path))
+    assert await renderer.render_sms("digest", {"items": ["a", "b"]}) == "a b"
+    with pytest.raises(ValidationError) as info:
+        await renderer.render_sms("digest", {})
+    assert info.value.message == 'template digest needs the context key "items"'
+
+
+async def test_a_missing_attribute_of_a_context_value_keeps_jinjas_explanation(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "hello.sms.j2").write_text("Hi {{ user.first_name }}")
+    renderer = TemplateRenderer(PRODUCT, str(tmp_path))
+    assert await renderer.render_sms("hello", {"user": {"first_name": "Ada"}}) == "Hi Ada"
+    with pytest.raises(ValidationError) as info:
+        await renderer.render_sms("hello", {"user": {}})
+    assert info.value.message == (
+        "template hello could not be rendered: 'dict object' has no attribute 'first_name'"
+    )
+    with pytest.raises(ValidationError) as missing:
+        await renderer.render_sms("hello", {})
+    assert missing.value.message == 'template hello needs the context key "user"'
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
@@ -281,6 +325,85 @@ async def test_expiry_is_worded_in_minutes_or_hours(
     assert f"expires in {english} " in en.html
     assert f"ist {german} lang" in de.text
     assert f"ist {german} lang" in de.html
+
+
+# ---------------------------------------------------------------- signature
+
+
+def signature_of(text: str) -> list[str]:
+    """The lines after the separator, which must be exactly one "-- " line."""
+    lines = text.split("\n")
+    assert lines.count("-- ") == 1, lines
+    assert "--" not in lines
+    return lines[lines.index("-- ") + 1 :]
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+async def test_plain_text_signature_separator_is_dash_dash_space(
+    renderer: TemplateRenderer, name: str, locale: str | None
+) -> None:
+    required = {k: v for k, v in SAMPLES[name].items() if k in REQUIRED[name]}
+    for context in (SAMPLES[name], required):
+        text = (await renderer.render_email(name, context, locale)).text
+        assert "\n\n-- \nAcme\nAcme Ltd, 1 Example Street, Springfield\n" in text
+        assert signature_of(text)[:2] == ["Acme", "Acme Ltd, 1 Example Street, Springfield"]
+
+
+async def test_signature_separator_keeps_its_space_through_the_mime_encoding(
+    renderer: TemplateRenderer,
+) -> None:
+    email = await renderer.render_email("otp_code", SAMPLES["otp_code"])
+    message = Message(Channel.EMAIL, "ada@example.com", email.text, email.subject, email.html)
+    built = build_email(message, EmailConfig(from_address="otp@example.com"))
+    parsed = message_from_bytes(built.data, policy=policy.default)
+    assert isinstance(parsed, EmailMessage)
+    part = parsed.get_body(("plain",))
+    assert part is not None
+    assert signature_of(part.get_content().replace("\r\n", "\n"))[0] == "Acme"
+
+
+# ---------------------------------------------------------------- product names
+
+PRODUCT_NAMES = ["Example", "Acme", "Umbrella Corp", "Ökobank", "X"]
+
+
+def readable_text(html: str) -> str:
+    html = re.sub(r"<(style|title)\b.*?</\1>", " ", html, flags=re.DOTALL)
+    return re.sub(r"<[^>]+>", " ", html)
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+@pytest.mark.parametrize("product_name", PRODUCT_NAMES)
+async def test_no_sentence_puts_an_article_or_a_compound_on_the_product_name(
+    product_name: str, locale: str | None
+) -> None:
+    """No a/an can suit every name ("a Ökobank", "a X"): sentences say "your Example
+    account" or "sign up for Example". German says "Konto bei Umbrella Corp", never the
+    compound "Umbrella Corp-Konto", and needs no article before the name either."""
+    product = ProductConfig(
+        name=product_name, footer="1 Main Street, Springfield", support_email="help@example.com"
+    )
+    renderer = TemplateRenderer(product)
+    outputs = []
+    for name in sorted(SAMPLES):
+        email = await renderer.render_email(name, SAMPLES[name], locale)
+        outputs += [email.subject, email.text, readable_text(email.html)]
+    outputs.append(await renderer.render_sms("otp_code", SAMPLES["otp_code"], locale))
+    page = await renderer.render_page(
+        "_hosted/verify_email", {"token": "t", "action": "/l", "failure_url": "", "style": ""}
+    )
+    outputs.append(readable_text(page))
+    product_name_at = re.escape(product_name) + r"(?![\w])"
+    article = re.compile(
+        r"(?<![\w])(?i:an?|ein|eine[mnrs]?|kein|keine[mnrs]?)\s+" + product_name_at
+    )
+    compound = re.compile(r"(?<![\w-])" + re.escape(product_name) + r"-\w")
+    for output in outputs:
+        flat = " ".join(output.split())
+        assert product_name in flat
+        assert not article.search(flat), flat
+        assert not compound.search(flat), flat
 
 
 # ---------------------------------------------------------------- locale
@@ -424,7 +547,7 @@ def test_render_template_prints_text_or_subject_in_a_locale(
         (["nope"], "unknown template 'nope'"),
         (["password_reset", "--context", "{"], "--context is not valid JSON"),
         (["password_reset", "--context", "[1]"], "--context must be a JSON object"),
-        (["password_reset"], "needs 'link'"),
+        (["password_reset"], 'needs the context key "link"'),
         (["otp_code", "--locale", "!!"], "a language tag"),
     ],
 )
