@@ -13,15 +13,27 @@ from otpd.config import Config, EmailConfig, MailgunConfig
 from otpd.errors import DeliveryError, PermanentDeliveryError
 from otpd.models import Channel, Message, SendResult
 from otpd.providers.base import ProviderDeps
-from otpd.providers.mime import one_line
+from otpd.providers.mime import custom_header_name, one_line
 from otpd.providers.rest import RestProvider, read_json
 from otpd.providers.session import SharedSession
 
 __all__ = ["MailgunProvider"]
 
-# Mailgun's 400 for a bad recipient: "'to' parameter is not a valid address. please check
-# documentation". Other 400s (missing from, bad header) are our request's fault.
-_BAD_RECIPIENT = re.compile(r"""['"]?to['"]? parameter is not a valid address""", re.IGNORECASE)
+# A 400 answers ``{"message": "..."}``. The one about the recipient's address reads
+# "'to' parameter is not a valid address. please check documentation" (the spec's 400
+# example); every other problem ("from parameter is missing", "to parameter is missing",
+# "Need at least one of 'text', 'html' ...", "Send options ... are limited to 16KB") is
+# our request's. The recipient is blamed only when the message is that sentence (once or
+# repeated) and nothing else.
+_BAD_TO = (
+    r"""['"]?to['"]? parameter is not a valid address\.?"""
+    r"(?:\s*please check documentation\.?)?"
+)
+_ONLY_BAD_TO = re.compile(rf"\s*{_BAD_TO}(?:(?:\s*[,;\n]\s*|\s+){_BAD_TO})*\s*", re.IGNORECASE)
+
+# Click and open tracking rewrite links and add a pixel: a token link must reach the
+# recipient as written (values per the spec's ``o:tracking*`` enums).
+_TRACKING_OFF = (("o:tracking", "no"), ("o:tracking-clicks", "no"), ("o:tracking-opens", "no"))
 
 
 class MailgunProvider(RestProvider):
@@ -41,32 +53,34 @@ class MailgunProvider(RestProvider):
     def from_config(cls, config: Config, deps: ProviderDeps) -> Self:
         return cls(config.mailgun, config.email, deps.http)
 
-    def form(self, message: Message) -> dict[str, str]:
-        """The form fields of the Messages request for ``message``."""
+    def form(self, message: Message) -> list[tuple[str, str]]:
+        """The form fields of the Messages request for ``message``, in order."""
         local, _, domain = self.sender.from_address.rpartition("@")
         sender = Address(
             display_name=one_line(self.sender.from_name), username=local, domain=domain
         )
-        fields = {
-            "from": str(sender),
-            "to": message.to,
-            "subject": one_line(message.subject),
-            "text": message.text,
-        }
+        fields = [
+            ("from", str(sender)),
+            ("to", message.to),
+            ("subject", one_line(message.subject)),
+            ("text", message.text),
+        ]
         if message.html:
-            fields["html"] = message.html
+            fields.append(("html", message.html))
         if self.sender.reply_to:
-            fields["h:Reply-To"] = self.sender.reply_to
-        fields["h:Message-Id"] = make_msgid(domain=domain)
-        for name, value in message.headers:
-            fields[f"h:{one_line(name)}"] = one_line(value)
+            fields.append(("h:Reply-To", self.sender.reply_to))
+        fields.append(("h:Message-Id", make_msgid(domain=domain)))
+        # RFC 3834: mail no person wrote, so auto-responders leave it alone
+        fields.append(("h:Auto-Submitted", "auto-generated"))
+        fields += [(f"h:{custom_header_name(n)}", one_line(v)) for n, v in message.headers]
+        fields += _TRACKING_OFF
         return fields
 
     async def _send(self, message: Message) -> SendResult:
         url = f"{self.base_url}/v3/{self.domain}/messages"
-        async with self.session.post(
-            url, data=self.form(message), headers=self._headers
-        ) as response:
+        # the spec accepts only multipart/form-data here, with or without files
+        form = aiohttp.FormData(self.form(message), default_to_multipart=True)
+        async with self.session.post(url, data=form, headers=self._headers) as response:
             body = await read_json(response)
             if response.status == 200:
                 message_id = body.get("id") if isinstance(body, dict) else None
@@ -76,7 +90,7 @@ class MailgunProvider(RestProvider):
     def rejection(self, status: int, body: Any) -> DeliveryError:
         """Classify a non-200 answer; ``body`` is the decoded JSON error, if any."""
         text = body.get("message") if isinstance(body, dict) else None
-        if status == 400 and isinstance(text, str) and _BAD_RECIPIENT.search(text):
+        if status == 400 and isinstance(text, str) and _ONLY_BAD_TO.fullmatch(text):
             return PermanentDeliveryError(
                 "mailgun refused the recipient address (400)", reason="invalid_recipient"
             )

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from otpd.config import EmailConfig
 from otpd.models import Message
 
-__all__ = ["BuiltEmail", "InvalidMessageError", "build_email", "one_line"]
+__all__ = ["BuiltEmail", "InvalidMessageError", "build_email", "custom_header_name", "one_line"]
 
 # RFC 5322 2.1.1: lines SHOULD stay within 78 characters and MUST within 998. RFC 2047 2:
 # an encoded word is at most 75 characters, a line holding one at most 76.
@@ -189,7 +189,12 @@ def _mailbox_header(name: str, display_name: str, address: str) -> str:
     return _fold(name, [*words, angle], _EW_LINE)
 
 
-def _custom_name(name: str) -> str:
+def custom_header_name(name: str) -> str:
+    """``name`` when a custom header may carry it, else :class:`InvalidMessageError`.
+
+    Every email provider applies this rule, so no custom header can add or replace a
+    header otpd writes itself (``Auto-Submitted`` among them) or MIME structure.
+    """
     if (
         len(name) > _MAX_NAME
         or not _FIELD_NAME.fullmatch(name)
@@ -269,7 +274,7 @@ def build_email(message: Message, sender: EmailConfig, *, now: float | None = No
         "MIME-Version: 1.0",
         "Auto-Submitted: auto-generated",
     ]
-    headers += [_text_header(_custom_name(name), value) for name, value in message.headers]
+    headers += [_text_header(custom_header_name(name), value) for name, value in message.headers]
     text = _quoted_printable(message.text)
     if message.html:
         html = _quoted_printable(message.html)

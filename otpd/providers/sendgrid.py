@@ -10,14 +10,27 @@ from otpd.config import Config, EmailConfig, SendgridConfig
 from otpd.errors import DeliveryError, PermanentDeliveryError
 from otpd.models import Channel, Message, SendResult
 from otpd.providers.base import ProviderDeps
-from otpd.providers.mime import one_line
+from otpd.providers.mime import custom_header_name, one_line
 from otpd.providers.rest import RestProvider, read_json
 from otpd.providers.session import SharedSession
 
 __all__ = ["SendgridProvider"]
 
-# A 400 whose error names the recipient's address, e.g. ``personalizations.0.to.0.email``.
-_RECIPIENT_FIELD = re.compile(r"personalizations\.\d+\.to(\.\d+(\.email)?)?")
+# The field of a 400 error about the recipient's address ("Does not contain a valid
+# address"), per https://www.twilio.com/docs/sendgrid/api-reference/mail-send/errors.
+# ``personalizations.0.to`` itself ("The to parameter is required") means our request
+# left the recipient out: our fault, not the address's.
+_RECIPIENT_FIELD = re.compile(r"personalizations\.\d+\.to\.\d+\.email")
+
+# Link and open tracking rewrite URLs and add a pixel: a token link must reach the
+# recipient as written, so every tracking setting is turned off on every message
+# (names per the Mail Send spec, ``tracking_settings``).
+_TRACKING_OFF: dict[str, dict[str, bool]] = {
+    "click_tracking": {"enable": False, "enable_text": False},
+    "open_tracking": {"enable": False},
+    "subscription_tracking": {"enable": False},
+    "ganalytics": {"enable": False},
+}
 
 
 class SendgridProvider(RestProvider):
@@ -38,9 +51,10 @@ class SendgridProvider(RestProvider):
     def payload(self, message: Message) -> dict[str, Any]:
         """The Mail Send request body for ``message``."""
         domain = self.sender.from_address.rpartition("@")[2]
-        headers = {"Message-ID": make_msgid(domain=domain)}
+        # RFC 3834: mail no person wrote, so auto-responders leave it alone
+        headers = {"Message-ID": make_msgid(domain=domain), "Auto-Submitted": "auto-generated"}
         for name, value in message.headers:
-            headers[one_line(name)] = one_line(value)
+            headers[custom_header_name(name)] = one_line(value)
         content = [{"type": "text/plain", "value": message.text}]
         if message.html:
             content.append({"type": "text/html", "value": message.html})
@@ -55,6 +69,7 @@ class SendgridProvider(RestProvider):
             body["from"]["name"] = one_line(self.sender.from_name)
         if self.sender.reply_to:
             body["reply_to"] = {"email": self.sender.reply_to}
+        body["tracking_settings"] = {name: dict(value) for name, value in _TRACKING_OFF.items()}
         return body
 
     async def _send(self, message: Message) -> SendResult:
@@ -68,15 +83,23 @@ class SendgridProvider(RestProvider):
 
     def rejection(self, status: int, body: Any) -> DeliveryError:
         """Classify a non-2xx answer; ``body`` is the decoded JSON error document."""
-        if status == 400 and any(
-            _RECIPIENT_FIELD.fullmatch(str(error.get("field") or "")) for error in _errors(body)
-        ):
+        # only when every problem is the recipient's address: anything else in the
+        # request is ours to fix, and another provider may take the message meanwhile
+        if status == 400 and _only_about_the_recipient(body):
             return PermanentDeliveryError(
                 "sendgrid refused the recipient address (400)", reason="invalid_recipient"
             )
         return self.status_error(status)
 
 
-def _errors(body: Any) -> list[dict[str, Any]]:
+def _only_about_the_recipient(body: Any) -> bool:
     errors = body.get("errors") if isinstance(body, dict) else None
-    return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
+    return (
+        isinstance(errors, list)
+        and bool(errors)
+        and all(
+            isinstance(error, dict)
+            and _RECIPIENT_FIELD.fullmatch(str(error.get("field") or "")) is not None
+            for error in errors
+        )
+    )

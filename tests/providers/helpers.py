@@ -35,6 +35,7 @@ __all__ = [
     "display_name",
     "hostile_message",
     "hostile_sender",
+    "multipart_parts",
     "only_call",
     "only_request",
     "parse_email",
@@ -140,6 +141,22 @@ def assert_hostile_email_arrived_as_text(raw: bytes, *, html: bool) -> EmailMess
         assert isinstance(part, EmailMessage)
         assert part.get_content() == MESSAGE.html
     return msg
+
+
+def multipart_parts(content_type: str, body: bytes) -> list[tuple[list[tuple[str, str]], str]]:
+    """Each part of a ``multipart/form-data`` body as (its headers, its text), read by the
+    stdlib's parser rather than by aiohttp, which wrote it."""
+    head = f"Content-Type: {content_type}\r\n\r\n".encode()
+    msg = email.message_from_bytes(head + body, policy=email.policy.HTTP)
+    assert isinstance(msg, EmailMessage)
+    assert msg.get_content_type() == "multipart/form-data"
+    assert not msg.defects
+    parts = []
+    for part in msg.iter_parts():
+        payload = part.get_payload(decode=True)
+        assert isinstance(payload, bytes)
+        parts.append(([(k, str(v)) for k, v in part.raw_items()], payload.decode("utf-8")))
+    return parts
 
 
 def only_request(mocked: aioresponses) -> tuple[str, str, Any]:

@@ -36,6 +36,17 @@ async def test_each_email_is_one_eml_file_named_in_the_result(tmp_path: Path) ->
     assert MSGID.fullmatch(str(msg["Message-ID"]))
 
 
+async def test_each_eml_is_marked_auto_submitted(tmp_path: Path) -> None:
+    async with OutboxEmailProvider(tmp_path, SENDER) as outbox:
+        await outbox.send(MESSAGE)
+        await outbox.send(dataclasses.replace(MESSAGE, html=""))
+
+    paths = sorted(tmp_path.iterdir())
+    assert len(paths) == 2
+    for path in paths:
+        assert parse_email(path.read_bytes()).get_all("Auto-Submitted") == ["auto-generated"]
+
+
 @pytest.mark.parametrize("html", [True, False], ids=["multipart", "text-only"])
 async def test_encoded_words_in_subject_from_name_and_header_are_written_as_literal_text(
     tmp_path: Path, html: bool

@@ -342,6 +342,40 @@ def test_text_and_html_bodies_round_trip_exactly_7bit() -> None:
     assert_wire_clean(built.data)
 
 
+def test_the_html_part_does_not_repeat_mime_version() -> None:
+    built = build()
+    boundary = parse_email(built.data).get_boundary()
+    assert boundary is not None
+    _, *parts = built.data.split(f"--{boundary}".encode())
+    assert len(parts) == 3  # text, html, the closing "--"
+    text_head, html_head = (part.split(b"\r\n\r\n", 1)[0] for part in parts[:2])
+    assert html_head == b"\r\nContent-Type: text/html; charset=utf-8\r\n" + (
+        b"Content-Transfer-Encoding: quoted-printable"
+    )
+    assert b"MIME-Version" not in text_head
+    assert built.data.count(b"MIME-Version:") == 1
+    assert header_block(built.data).count(b"\r\nMIME-Version: 1.0\r\n") == 1
+
+
+SHORT_NON_ASCII = "Grüße!\n验证码: 493817 ✅\nÅrhus, Øresund\n"
+
+
+@pytest.mark.parametrize("html", ["<p>Grüße!</p>\n<p>验证码: <b>493817</b></p>\n", ""])
+def test_non_ascii_text_with_short_lines_is_7bit_quoted_printable(html: str) -> None:
+    # short lines of UTF-8 are where a writer picks 8bit; otpd's output stays 7-bit
+    built = build(message(subject="Grüße", text=SHORT_NON_ASCII, html=html))
+    assert all(byte < 0x80 for byte in built.data)
+    parsed = parse_email(built.data)
+    leaves = [part for part in parsed.walk() if not part.is_multipart()]
+    assert len(leaves) == (2 if html else 1)
+    for part in leaves:
+        assert part["Content-Transfer-Encoding"] in ("quoted-printable", "base64")
+    assert body(parsed, "plain") == crlf(SHORT_NON_ASCII)
+    if html:
+        assert body(parsed, "html") == crlf(html)
+    assert_wire_clean(built.data)
+
+
 def test_without_html_the_message_is_one_text_plain_part() -> None:
     for text in (TRICKY_BODY, "ends with a newline\n", "", "x"):
         built = build(message(text=text, html=""))

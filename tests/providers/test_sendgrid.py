@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,9 +30,17 @@ from tests.providers.helpers import (
     only_call,
     only_request,
 )
+from tests.providers.vendor_specs import recording_vendor
 
 BASE = "https://sendgrid.test"
 URL = f"{BASE}/v3/mail/send"
+# every message turns every tracking setting off: no link is rewritten, no pixel added
+TRACKING_OFF = {
+    "click_tracking": {"enable": False, "enable_text": False},
+    "open_tracking": {"enable": False},
+    "subscription_tracking": {"enable": False},
+    "ganalytics": {"enable": False},
+}
 
 
 @pytest.fixture
@@ -66,7 +76,8 @@ async def test_posts_the_exact_v3_body_with_bearer_key_and_returns_x_message_id(
             {"type": "text/plain", "value": f"Your code is {CODE}"},
             {"type": "text/html", "value": f"<p>Your code is <b>{CODE}</b></p>"},
         ],
-        "headers": {"X-Entity-Ref-ID": "task-1"},
+        "headers": {"Auto-Submitted": "auto-generated", "X-Entity-Ref-ID": "task-1"},
+        "tracking_settings": TRACKING_OFF,
     }
 
 
@@ -80,75 +91,146 @@ async def test_leaves_out_reply_to_and_html_when_there_are_none(http: SharedSess
 
     assert result.message_id == ""
     body = only_call(mocked).kwargs["json"]
-    assert "reply_to" not in body
-    assert body["content"] == [{"type": "text/plain", "value": "plain only"}]
+    assert MSGID.fullmatch(body["headers"].pop("Message-ID"))
     # header values are single lines: no injected headers through subject or name
-    assert body["subject"] == "Hi Bcc: x"
-    assert body["from"]["name"] == "Example Co"
-    assert list(body["headers"]) == ["Message-ID"]
-
-
-async def test_refused_recipient_address_is_permanent(provider: SendgridProvider) -> None:
-    errors = {
-        "errors": [
-            {
-                "message": f"Does not contain a valid address: {TO}",
-                "field": "personalizations.0.to.0.email",
-                "help": "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html",
-            }
-        ]
+    assert body == {
+        "personalizations": [{"to": [{"email": TO}]}],
+        "from": {"email": "no-reply@mail.example.org", "name": "Example Co"},
+        "subject": "Hi Bcc: x",
+        "content": [{"type": "text/plain", "value": "plain only"}],
+        "headers": {"Auto-Submitted": "auto-generated"},
+        "tracking_settings": TRACKING_OFF,
     }
-    error = await send_expecting_error(provider, status=400, payload=errors)
+
+
+async def test_every_message_is_auto_submitted_with_all_tracking_off_on_the_wire(
+    http: SharedSession,
+) -> None:
+    # what a real server reads from the bytes aiohttp wrote, not the dict handed to it
+    async with recording_vendor(202) as (base_url, seen):
+        config = SendgridConfig(api_key="SG.k", base_url=base_url)
+        async with SendgridProvider(config, SENDER, http) as provider:
+            await provider.send(MESSAGE)
+
+    [sent] = seen
+    body = json.loads(sent.body)
+    assert sent.content_type == "application/json"
+    assert body["headers"]["Auto-Submitted"] == "auto-generated"
+    assert body["tracking_settings"] == {
+        "click_tracking": {"enable": False, "enable_text": False},
+        "open_tracking": {"enable": False},
+        "subscription_tracking": {"enable": False},
+        "ganalytics": {"enable": False},
+    }
+
+
+@pytest.mark.parametrize("name", ["Auto-Submitted", "AUTO-SUBMITTED", "Message-ID", "From"])
+async def test_a_custom_header_cannot_replace_one_otpd_writes(
+    provider: SendgridProvider, name: str
+) -> None:
+    message = dataclasses.replace(MESSAGE, headers=((name, "no"),))
+    with aioresponses() as mocked, pytest.raises(PermanentDeliveryError) as caught:
+        await provider.send(message)
+    assert caught.value.reason == "invalid_message"
+    assert not mocked.requests
+
+
+def sendgrid_error(field: str | None, message: str = "Does not contain a valid address.") -> Any:
+    help_url = "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html"
+    return {"message": message, "field": field, "help": help_url}
+
+
+TO_EMAIL = "personalizations.0.to.0.email"
+
+
+@pytest.mark.parametrize(
+    "errors",
+    [
+        pytest.param(
+            [sendgrid_error(TO_EMAIL, f"Does not contain a valid address: {TO}")], id="one"
+        ),
+        pytest.param([sendgrid_error(TO_EMAIL), sendgrid_error(TO_EMAIL)], id="twice"),
+    ],
+)
+async def test_a_400_only_about_the_recipient_address_is_permanent(
+    provider: SendgridProvider, errors: list[Any]
+) -> None:
+    error = await send_expecting_error(provider, status=400, payload={"errors": errors})
     assert isinstance(error, PermanentDeliveryError)
     assert error.reason == "invalid_recipient"
+    assert not error.blames_provider
 
 
-async def test_bad_request_about_our_own_fields_is_transient(provider: SendgridProvider) -> None:
-    errors = {"errors": [{"message": "The from email does not match a verified Sender Identity"}]}
-    errors["errors"][0]["field"] = "from"
-    error = await send_expecting_error(provider, status=400, payload=errors)
-    assert isinstance(error, TransientDeliveryError)
-    assert error.reason == "provider_rejected"
-
-
-async def test_bad_request_without_json_is_transient(provider: SendgridProvider) -> None:
-    error = await send_expecting_error(provider, status=400, body="<html>bad</html>")
-    assert isinstance(error, TransientDeliveryError)
-    assert error.reason == "provider_rejected"
-
-
-@pytest.mark.parametrize("status", [401, 403])
-async def test_refused_credentials_are_transient_provider_auth(
-    provider: SendgridProvider, status: int
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(
+            {"errors": [sendgrid_error("from", "The from email does not match a verified Sender")]},
+            id="from-not-verified",
+        ),
+        pytest.param(
+            {"errors": [sendgrid_error("personalizations.0.to", "The to parameter is required")]},
+            id="to-missing",
+        ),
+        pytest.param(
+            {"errors": [sendgrid_error("content.0.value", "The content value must be a string")]},
+            id="content",
+        ),
+        pytest.param(
+            {
+                "errors": [
+                    sendgrid_error(TO_EMAIL),
+                    sendgrid_error("subject", "The subject is required"),
+                ]
+            },
+            id="to-and-subject",
+        ),
+        pytest.param({"errors": [sendgrid_error(None, "invalid request")]}, id="no-field"),
+        pytest.param({"errors": [sendgrid_error(TO_EMAIL), "oops"]}, id="to-and-junk"),
+        pytest.param({"errors": []}, id="no-errors"),
+        pytest.param({"message": "bad"}, id="no-errors-key"),
+        pytest.param([sendgrid_error(TO_EMAIL)], id="json-list"),
+    ],
+)
+async def test_any_other_400_is_our_request_failing_over_without_blaming_sendgrid(
+    provider: SendgridProvider, payload: Any
 ) -> None:
-    payload = {
-        "errors": [{"field": None, "message": "The provided authorization grant is invalid"}]
-    }
+    error = await send_expecting_error(provider, status=400, payload=payload)
+    assert isinstance(error, TransientDeliveryError)
+    assert error.reason == "provider_rejected"
+    assert not error.blames_provider
+
+
+@pytest.mark.parametrize("body", ["<html>bad</html>", ""])
+async def test_a_400_without_json_is_our_request_too(provider: SendgridProvider, body: str) -> None:
+    error = await send_expecting_error(provider, status=400, body=body)
+    assert isinstance(error, TransientDeliveryError)
+    assert error.reason == "provider_rejected"
+    assert not error.blames_provider
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "blames"),
+    [
+        (401, "provider_auth", True),
+        (403, "provider_auth", True),
+        (404, "provider_rejected", False),
+        (405, "provider_rejected", False),
+        (413, "provider_rejected", False),
+        (429, "throttled", True),
+        (500, "provider_error", True),
+        (502, "provider_error", True),
+        (503, "provider_error", True),
+    ],
+)
+async def test_other_statuses_are_transient_and_blame_sendgrid_only_for_its_health(
+    provider: SendgridProvider, status: int, reason: str, blames: bool
+) -> None:
+    payload = {"errors": [sendgrid_error(None, "The provided authorization grant is invalid")]}
     error = await send_expecting_error(provider, status=status, payload=payload)
     assert isinstance(error, TransientDeliveryError)
-    assert error.reason == "provider_auth"
-
-
-@pytest.mark.parametrize("status", [404, 413])
-async def test_other_client_errors_are_transient_provider_rejected(
-    provider: SendgridProvider, status: int
-) -> None:
-    error = await send_expecting_error(provider, status=status, payload={"errors": []})
-    assert isinstance(error, TransientDeliveryError)
-    assert error.reason == "provider_rejected"
-
-
-async def test_throttling_is_transient(provider: SendgridProvider) -> None:
-    error = await send_expecting_error(provider, status=429, payload={"errors": []})
-    assert isinstance(error, TransientDeliveryError)
-    assert error.reason == "throttled"
-
-
-@pytest.mark.parametrize("status", [500, 502, 503])
-async def test_server_errors_are_transient(provider: SendgridProvider, status: int) -> None:
-    error = await send_expecting_error(provider, status=status, body="oops")
-    assert isinstance(error, TransientDeliveryError)
-    assert error.reason == "provider_error"
+    assert error.reason == reason
+    assert error.blames_provider is blames
 
 
 @pytest.mark.parametrize(

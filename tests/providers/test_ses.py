@@ -3,6 +3,8 @@ threads, and the translation of SES errors into transient or permanent failures.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import email
 import email.policy
 import json
@@ -138,6 +140,38 @@ async def test_configuration_set_is_sent_with_each_email(moto: Moto) -> None:
     assert body["ConfigurationSetName"] == "otpd-transactional"
     assert body["Destination"] == {"ToAddresses": [TO]}
     assert set(body["Content"]) == {"Raw"}
+
+
+async def test_every_email_is_marked_auto_submitted_and_7bit_clean(
+    ses: SesProvider, moto: Moto
+) -> None:
+    # non-ASCII text in short lines: where a MIME writer would pick 8bit
+    text = "Grüße!\n验证码: 493817\n"
+    short = dataclasses.replace(MESSAGE, subject="Grüße", text=text, html=f"<p>{text}</p>")
+    raw_sent: list[bytes] = []
+
+    def record(request: Any, **_: Any) -> None:
+        raw_sent.append(base64.b64decode(json.loads(request.body)["Content"]["Raw"]["Data"]))
+
+    ses.client.meta.events.register("before-send.sesv2.SendEmail", record)
+    await ses.send(short)
+    await ses.send(dataclasses.replace(short, html=""))
+
+    recorded = await sent_raw_messages(moto)
+    assert len(raw_sent) == len(recorded) == 2
+    for data, sent in zip(raw_sent, recorded, strict=True):
+        assert all(byte < 0x80 for byte in data)
+        parsed = email.message_from_bytes(data, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        assert parsed.get_all("Auto-Submitted") == ["auto-generated"]
+        leaves = [part for part in parsed.walk() if not part.is_multipart()]
+        for part in leaves:
+            assert part["Content-Transfer-Encoding"] in ("quoted-printable", "base64")
+        plain = parsed.get_body(("plain",))
+        assert isinstance(plain, EmailMessage)
+        assert plain.get_content() == text.replace("\n", "\r\n")
+        # and moto, standing in for SES, received those very bytes
+        assert sent["raw_data"].replace("\r\n", "\n") == data.decode().replace("\r\n", "\n")
 
 
 async def test_one_client_serves_every_send_and_aclose_closes_it(moto: Moto) -> None:

@@ -138,6 +138,20 @@ async def test_delivered_email_has_text_and_html_parts_message_id_date_and_named
     assert result.provider == "smtp"
 
 
+@pytest.mark.parametrize("html", ["<p>Your code is <b>493817</b>.</p>", ""], ids=["html", "text"])
+async def test_every_email_arrives_marked_auto_submitted(
+    sink: SmtpSink, clock: FakeClock, html: str
+) -> None:
+    async with SmtpProvider(smtp_config(sink.port), SENDER, clock) as provider:
+        await provider.send(email(html=html))
+
+    [got] = sink.handler.messages
+    # RFC 3834 5.1: "auto-generated", once, in the header block the server received
+    header_block = got.content.split(b"\r\n\r\n", 1)[0]
+    assert header_block.count(b"\r\nAuto-Submitted: auto-generated\r\n") == 1
+    assert got.parsed().get_all("Auto-Submitted") == ["auto-generated"]
+
+
 async def test_crlf_in_subject_and_from_name_cannot_inject_headers_end_to_end(
     sink: SmtpSink, clock: FakeClock
 ) -> None:

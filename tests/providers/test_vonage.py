@@ -110,32 +110,35 @@ async def test_recipient_and_message_statuses_are_permanent(
     assert isinstance(error, PermanentDeliveryError)
     assert error.reason == reason
     assert f"status {status}" in error.message
+    assert not error.blames_provider
 
 
 @pytest.mark.parametrize(
-    ("status", "reason"),
+    ("status", "reason", "blames"),
     [
-        ("1", "throttled"),
-        ("10", "throttled"),
-        ("2", "provider_rejected"),
-        ("3", "provider_rejected"),
-        ("4", "provider_auth"),
-        ("14", "provider_auth"),
-        ("5", "provider_error"),
-        ("8", "provider_account"),
-        ("11", "provider_account"),
-        ("29", "provider_account"),
-        ("9", "provider_quota"),
-        ("15", "provider_rejected"),
-        ("99", "provider_rejected"),
+        ("1", "throttled", True),
+        ("10", "throttled", True),
+        # our request or sender: refused, but nothing about Vonage's health
+        ("2", "provider_rejected", False),
+        ("3", "provider_rejected", False),
+        ("15", "provider_rejected", False),
+        ("99", "provider_rejected", False),
+        ("4", "provider_auth", True),
+        ("14", "provider_auth", True),
+        ("5", "provider_error", True),
+        ("8", "provider_account", True),
+        ("11", "provider_account", True),
+        ("29", "provider_account", True),
+        ("9", "provider_quota", True),
     ],
 )
 async def test_account_credential_and_request_statuses_are_transient(
-    provider: VonageProvider, status: str, reason: str
+    provider: VonageProvider, status: str, reason: str, blames: bool
 ) -> None:
     error = await send_expecting_error(provider, status=200, payload=answer(status))
     assert isinstance(error, TransientDeliveryError)
     assert error.reason == reason
+    assert error.blames_provider is blames
 
 
 async def test_a_status_that_is_not_a_number_is_not_echoed(provider: VonageProvider) -> None:
@@ -145,14 +148,24 @@ async def test_a_status_that_is_not_a_number_is_not_echoed(provider: VonageProvi
 
 
 @pytest.mark.parametrize(
-    ("status", "reason"), [(401, "provider_auth"), (429, "throttled"), (500, "provider_error")]
+    ("status", "reason", "blames"),
+    [
+        (400, "provider_rejected", False),
+        (401, "provider_auth", True),
+        (403, "provider_auth", True),
+        (404, "provider_rejected", False),
+        (429, "throttled", True),
+        (500, "provider_error", True),
+        (502, "provider_error", True),
+    ],
 )
 async def test_http_errors_are_transient(
-    provider: VonageProvider, status: int, reason: str
+    provider: VonageProvider, status: int, reason: str, blames: bool
 ) -> None:
     error = await send_expecting_error(provider, status=status, body="nope")
     assert isinstance(error, TransientDeliveryError)
     assert error.reason == reason
+    assert error.blames_provider is blames
 
 
 @pytest.mark.parametrize("payload", [{}, {"messages": []}, {"messages": ["0"]}])
