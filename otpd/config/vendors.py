@@ -2,7 +2,9 @@
 
 A vendor section is always loaded and checked for its own shape; what a provider needs
 to run at all (an API key, a sender) is checked by :meth:`when_used` only when the provider
-is listed in ``email.providers`` or ``sms.providers``.
+is listed in ``email.providers`` or ``sms.providers``. A section that talks to the vendor
+over HTTP names the URLs it sends to in :meth:`endpoints`, so the rule on them (absolute,
+``https://`` in production) lives in one place, :meth:`otpd.config.Config.problems`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from otpd.config.checks import Checks, Problem, secret
+from otpd.config.checks import Checks, Problem, is_web_url, secret
 
 __all__ = [
     "EMAIL_PROVIDERS",
@@ -28,6 +30,11 @@ __all__ = [
     "TwilioConfig",
     "VonageConfig",
 ]
+
+
+# Twilio's own patterns for the SIDs (its OpenAPI description: ``^AC[0-9a-fA-F]{32}$``).
+_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
+_SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
 
 
 def _required(section: str, provider: str, **values: str) -> Iterator[Problem]:
@@ -89,6 +96,10 @@ class SesConfig:
         _credential_pair(c, self.access_key_id, self.secret_access_key)
         c.done()
 
+    def endpoints(self) -> Iterator[tuple[str, str]]:
+        if self.endpoint_url:  # empty: the AWS regional endpoint, always https
+            yield "endpoint_url", self.endpoint_url
+
 
 @dataclass(frozen=True, slots=True)
 class SendgridConfig:
@@ -97,6 +108,9 @@ class SendgridConfig:
 
     def when_used(self) -> Iterator[Problem]:
         yield from _required("sendgrid", "sendgrid", api_key=self.api_key)
+
+    def endpoints(self) -> Iterator[tuple[str, str]]:
+        yield "base_url", self.base_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +128,10 @@ class MailgunConfig:
 
     def when_used(self) -> Iterator[Problem]:
         yield from _required("mailgun", "mailgun", api_key=self.api_key, domain=self.domain)
+
+    def endpoints(self) -> Iterator[tuple[str, str]]:
+        if self.base_url:  # empty: the region's API, always https
+            yield "base_url", self.base_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +152,10 @@ class SnsConfig:
         )
         c.done()
 
+    def endpoints(self) -> Iterator[tuple[str, str]]:
+        if self.endpoint_url:  # empty: the AWS regional endpoint, always https
+            yield "endpoint_url", self.endpoint_url
+
 
 @dataclass(frozen=True, slots=True)
 class TwilioConfig:
@@ -142,13 +164,24 @@ class TwilioConfig:
     from_number: str = ""
     messaging_service_sid: str = ""
     status_callback: str = ""
+    base_url: str = "https://api.twilio.com"
 
     def when_used(self) -> Iterator[Problem]:
+        # a malformed SID or callback would fail every message, so start-up refuses it
         yield from _required(
             "twilio", "twilio", account_sid=self.account_sid, auth_token=self.auth_token
         )
+        if self.account_sid and not _ACCOUNT_SID.fullmatch(self.account_sid):
+            yield Problem("twilio.account_sid", "must be AC followed by 32 hex digits")
         if not (self.from_number or self.messaging_service_sid):
             yield Problem("twilio.from_number", "set it or twilio.messaging_service_sid")
+        if self.messaging_service_sid and not _SERVICE_SID.fullmatch(self.messaging_service_sid):
+            yield Problem("twilio.messaging_service_sid", "must be MG followed by 32 hex digits")
+        if self.status_callback and not is_web_url(self.status_callback, allow_http=False):
+            yield Problem("twilio.status_callback", "must be an absolute https:// URL")
+
+    def endpoints(self) -> Iterator[tuple[str, str]]:
+        yield "base_url", self.base_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +193,9 @@ class VonageConfig:
 
     def when_used(self) -> Iterator[Problem]:
         yield from _required("vonage", "vonage", api_key=self.api_key, api_secret=self.api_secret)
+
+    def endpoints(self) -> Iterator[tuple[str, str]]:
+        yield "base_url", self.base_url
 
 
 @dataclass(frozen=True, slots=True)

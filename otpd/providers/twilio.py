@@ -11,6 +11,16 @@ resolves names on the event loop with :class:`~otpd.providers.dns.AsyncioResolve
 The SDK also passes ``timeout=None`` per request when the caller gives none (it ignores its
 own ``timeout`` setting), which aiohttp reads as "no timeout at all": each call is bounded
 here with :func:`asyncio.timeout` instead.
+
+The SDK has no base URL option: each API is a ``Domain`` whose public ``base_url`` every
+request URL is built from, so ``twilio.base_url`` replaces the API domain's. ``TWILIO_EDGE``
+and ``TWILIO_REGION``, which the SDK reads from the environment and splices into the host
+name, are ignored: an edge or region is a ``twilio.base_url`` like any other, and a spliced
+host would turn a mock's ``127.0.0.1:8080`` into nonsense.
+
+The SDK hands aiohttp the credentials as ``auth=BasicAuth(...)``, which aiohttp 3.14
+deprecates (both the argument and the class; gone in aiohttp 4): :class:`_Transport` sends
+them as an ``Authorization`` header instead (the SDK never logs that header).
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Self
 
+import aiohttp
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
@@ -30,8 +41,6 @@ from otpd.providers.rest import RestProvider
 from otpd.providers.session import SharedSession
 
 __all__ = ["TwilioProvider"]
-
-API_BASE = "https://api.twilio.com"
 
 # Error codes about the recipient: no other provider should try, and retrying is useless.
 _PERMANENT: dict[int, tuple[str, str]] = {
@@ -64,6 +73,27 @@ _TRANSIENT: dict[int, tuple[str, str]] = {
 }
 
 
+class _Transport(AsyncTwilioHttpClient):  # type: ignore[misc]  # twilio has no type hints
+    """The SDK's aiohttp client, with no session of its own and the credentials sent as an
+    ``Authorization`` header rather than aiohttp's deprecated ``auth=``."""
+
+    def __init__(self) -> None:
+        super().__init__(pool_connections=False)
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        if auth is not None:
+            headers = {**(headers or {}), "Authorization": aiohttp.encode_basic_auth(*auth)}
+        return await super().request(method, url, headers=headers, auth=None, **kwargs)
+
+
 class TwilioProvider(RestProvider):
     """Creates one Message resource per SMS. ``max_retries`` is never set: the SDK would
     then retry POSTs on 5xx and could send an SMS twice; retries belong to the dispatcher."""
@@ -72,10 +102,10 @@ class TwilioProvider(RestProvider):
     channel = Channel.SMS
 
     def __init__(self, config: TwilioConfig, http: SharedSession, *, timeout: float = 15.0) -> None:
-        super().__init__(http, API_BASE)
+        super().__init__(http, config.base_url)
         self._config = config
         self._timeout = timeout
-        self._transport: AsyncTwilioHttpClient | None = None
+        self._transport: _Transport | None = None
         self._client: Client | None = None
 
     @classmethod
@@ -83,10 +113,13 @@ class TwilioProvider(RestProvider):
         return cls(config.twilio, deps.http)
 
     async def open(self) -> None:
-        self._transport = AsyncTwilioHttpClient(pool_connections=False)
-        self._client = Client(
+        self._transport = _Transport()
+        client = Client(
             self._config.account_sid, self._config.auth_token, http_client=self._transport
         )
+        client.edge = client.region = None
+        client.api.base_url = self.base_url
+        self._client = client
 
     async def aclose(self) -> None:
         if self._transport is not None:
@@ -139,7 +172,9 @@ class TwilioProvider(RestProvider):
         error = self.status_error(status)
         if code is not None and code != status:
             error = TransientDeliveryError(
-                f"{error.message}, twilio error {code}", reason=error.reason
+                f"{error.message}, twilio error {code}",
+                reason=error.reason,
+                blames_provider=error.blames_provider,
             )
         return error
 

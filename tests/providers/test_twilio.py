@@ -1,8 +1,10 @@
-"""Twilio provider: the SDK's request over the shared session, and error classification."""
+"""Twilio provider: the SDK's request over the shared session to ``twilio.base_url`` (a real
+local server stands in for Twilio), and error classification."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,6 +20,7 @@ from otpd.providers.session import SharedSession
 from otpd.providers.twilio import TwilioProvider
 from tests.providers import helpers
 from tests.providers.helpers import build_from_config, only_request
+from tests.providers.twilio_server import MESSAGES_PATH, FakeTwilio
 
 SID = "AC" + "0123456789abcdef" * 2
 API = re.compile(r"^https://api\.twilio\.com/2010-04-01/Accounts/AC[0-9a-f]{32}/Messages\.json$")
@@ -63,8 +66,11 @@ async def test_creates_a_message_with_the_exact_form_and_returns_its_sid(
         f"https://api.twilio.com/2010-04-01/Accounts/{SID}/Messages.json",
     )
     assert call.kwargs["data"] == {"To": TO, "From": "+14155550100", "Body": f"Your code is {CODE}"}
-    assert call.kwargs["auth"].login == SID
-    assert call.kwargs["auth"].password == "tok"
+    # a header, not aiohttp's deprecated auth=BasicAuth(...) the SDK itself would pass
+    assert call.kwargs["auth"] is None
+    assert call.kwargs["headers"]["Authorization"] == "Basic " + base64.b64encode(
+        f"{SID}:tok".encode()
+    ).decode("ascii")
     assert call.kwargs["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
 
 
@@ -149,6 +155,40 @@ async def test_unknown_error_code_falls_back_to_the_http_status(provider: Twilio
     assert "21606" in error.message
 
 
+@pytest.mark.parametrize(
+    ("code", "status", "blames"),
+    [
+        (21211, 400, False),
+        (21610, 400, False),
+        (21614, 400, False),
+        (20003, 401, True),
+        (20429, 429, True),
+        # a region or route closed to this destination says nothing of other messages
+        (21408, 400, False),
+        (21612, 400, False),
+        # unknown codes: as their status says (a 400 or 404 is our request)
+        (21606, 400, False),
+        (20404, 404, False),
+        (20500, 500, True),
+    ],
+)
+async def test_only_errors_about_twilios_health_count_against_its_circuit(
+    provider: TwilioProvider, code: int, status: int, blames: bool
+) -> None:
+    error = await send_expecting_error(provider, status=status, payload=twilio_error(code, status))
+    assert error.blames_provider is blames
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_plain_auth_refusals_without_a_twilio_body_are_provider_auth(
+    provider: TwilioProvider, status: int
+) -> None:
+    error = await send_expecting_error(provider, status=status, body="Unauthorized")
+    assert isinstance(error, TransientDeliveryError)
+    assert error.reason == "provider_auth"
+    assert error.blames_provider
+
+
 async def test_plain_429_without_a_twilio_body_is_throttled(provider: TwilioProvider) -> None:
     error = await send_expecting_error(provider, status=429, body="Too Many Requests")
     assert isinstance(error, TransientDeliveryError)
@@ -201,3 +241,83 @@ async def test_registry_builds_twilio_from_config(http: SharedSession) -> None:
     built = build_from_config(Channel.SMS, data, http)
     assert [p.name for p in built] == ["twilio", "console"]
     assert await built[0].health() == {"base_url": "https://api.twilio.com", "open": False}
+
+
+# ---------------------------------------------------------------- twilio.base_url, for real
+
+
+@pytest.fixture
+async def fake_twilio() -> AsyncIterator[FakeTwilio]:
+    async with FakeTwilio() as server:
+        yield server
+
+
+def aimed_at(url: str, **overrides: str) -> TwilioConfig:
+    values = {"account_sid": SID, "auth_token": "tok", "from_number": "+14155550100"}
+    return TwilioConfig(**{**values, **overrides}, base_url=url)
+
+
+async def test_messages_post_goes_to_the_configured_base_url(
+    http: SharedSession, fake_twilio: FakeTwilio
+) -> None:
+    async with TwilioProvider(aimed_at(fake_twilio.url + "/"), http) as provider:
+        result = await provider.send(MESSAGE)
+        assert await provider.health() == {"base_url": fake_twilio.url, "open": True}
+
+    assert (result.provider, result.message_id) == ("twilio", "SM" + "f" * 32)
+    [seen] = fake_twilio.seen
+    assert (seen.method, seen.path) == ("POST", MESSAGES_PATH.format(sid=SID))
+    assert seen.host == f"127.0.0.1:{fake_twilio.port}"
+    assert seen.content_type == "application/x-www-form-urlencoded"
+    assert seen.form == {"To": TO, "From": "+14155550100", "Body": f"Your code is {CODE}"}
+    assert seen.authorization == "Basic " + base64.b64encode(f"{SID}:tok".encode()).decode()
+
+
+async def test_a_base_url_with_a_path_reaches_a_recording_proxy_under_that_path(
+    http: SharedSession, fake_twilio: FakeTwilio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the SDK would splice these into the host name ("127.0.0.1:port" -> nonsense)
+    monkeypatch.setenv("TWILIO_EDGE", "dublin")
+    monkeypatch.setenv("TWILIO_REGION", "ie1")
+    async with TwilioProvider(aimed_at(fake_twilio.url + "/record/twilio"), http) as provider:
+        await provider.send(MESSAGE)
+    [seen] = fake_twilio.seen
+    assert seen.path == "/record/twilio" + MESSAGES_PATH.format(sid=SID)
+
+
+@pytest.mark.parametrize(
+    ("status", "answer", "kind", "reason"),
+    [
+        (400, {"payload": twilio_error(21211, 400)}, PermanentDeliveryError, "invalid_recipient"),
+        (401, {"payload": twilio_error(20003, 401)}, TransientDeliveryError, "provider_auth"),
+        (429, {"body": "Too Many Requests"}, TransientDeliveryError, "throttled"),
+        (503, {"body": "<html>down</html>"}, TransientDeliveryError, "provider_error"),
+    ],
+)
+async def test_error_answers_of_the_configured_base_url_are_classified(
+    http: SharedSession,
+    fake_twilio: FakeTwilio,
+    status: int,
+    answer: dict[str, Any],
+    kind: type[DeliveryError],
+    reason: str,
+) -> None:
+    fake_twilio.answer(status, **answer)
+    async with TwilioProvider(aimed_at(fake_twilio.url), http) as provider:
+        with pytest.raises(DeliveryError) as caught:
+            await provider.send(MESSAGE)
+    error = caught.value
+    assert type(error) is kind
+    assert error.reason == reason
+    assert TO.lstrip("+") not in str(error)
+    assert len(fake_twilio.seen) == 1  # no retry inside the SDK
+
+
+async def test_the_default_base_url_is_twilios_api(http: SharedSession) -> None:
+    assert TwilioConfig().base_url == "https://api.twilio.com"
+    async with TwilioProvider(CONFIG, http) as provider:
+        with aioresponses() as mocked:
+            mocked.post(API, status=201, payload=CREATED)
+            await provider.send(MESSAGE)
+    _, url, _ = only_request(mocked)
+    assert url.startswith("https://api.twilio.com/2010-04-01/")
