@@ -9,9 +9,13 @@ errors to responses::
     ├── UnauthorizedError    401    missing or wrong API key
     ├── NotFoundError        404    unknown task, route or resource
     ├── InvalidTokenError    400    unknown, expired, used or superseded link token
+    ├── IdempotencyKeyReusedError  422  an idempotency key sent again with another payload
+    ├── IdempotencyKeyInUseError   409  an idempotency key whose first request still runs
     ├── RateLimitedError     429    a rate limit refused the request (``retry_after``)
     │   └── SmsBlockedError  429    the SMS fraud and cost guard refused the request
     ├── UnavailableError     503    the store or the dispatcher cannot take work now
+    │   └── StoreDegradedError 503  the store runs on its fallback and this must not
+    ├── StartupError                the daemon cannot start (never reaches an HTTP caller)
     └── DeliveryError               a provider failed to deliver (dispatcher-internal)
         ├── TransientDeliveryError  worth failing over and retrying later
         └── PermanentDeliveryError  the recipient is refused: no failover, no retry
@@ -25,12 +29,16 @@ from typing import Any
 __all__ = [
     "ConfigError",
     "DeliveryError",
+    "IdempotencyKeyInUseError",
+    "IdempotencyKeyReusedError",
     "InvalidTokenError",
     "NotFoundError",
     "OtpdError",
     "PermanentDeliveryError",
     "RateLimitedError",
     "SmsBlockedError",
+    "StartupError",
+    "StoreDegradedError",
     "TransientDeliveryError",
     "UnauthorizedError",
     "UnavailableError",
@@ -124,6 +132,31 @@ class InvalidTokenError(OtpdError):
         super().__init__(message)
 
 
+class IdempotencyKeyReusedError(OtpdError):
+    """An idempotency key came back with a different request: nothing is sent, and the
+    first request's task stays the key's answer (IETF httpapi Idempotency-Key draft)."""
+
+    code = "idempotency_key_reused"
+    status = 422
+
+    def __init__(
+        self, message: str = "this idempotency key was used for a different request"
+    ) -> None:
+        super().__init__(message)
+
+
+class IdempotencyKeyInUseError(OtpdError):
+    """The first request with this idempotency key is still being processed; retry later."""
+
+    code = "idempotency_key_in_use"
+    status = 409
+
+    def __init__(
+        self, message: str = "a request with this idempotency key is still being processed"
+    ) -> None:
+        super().__init__(message)
+
+
 class RateLimitedError(OtpdError):
     code = "rate_limited"
     status = 429
@@ -155,6 +188,18 @@ class SmsBlockedError(RateLimitedError):
 class UnavailableError(OtpdError):
     code = "unavailable"
     status = 503
+
+
+class StoreDegradedError(UnavailableError):
+    """The store serves from its process-local fallback (``store.fallback``), and this
+    operation must not run there (the SMS budget is shared, so it is never spent blind)."""
+
+
+class StartupError(OtpdError):
+    """The daemon cannot start; the message names what failed (an address to listen on,
+    a provider and its setting), so the command line can print it as one line."""
+
+    code = "startup_failed"
 
 
 class DeliveryError(OtpdError):

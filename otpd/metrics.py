@@ -65,6 +65,17 @@ class Metrics:
             ["op", "kind"],
             registry=r,
         )
+        self.store_up = Gauge(
+            "otpd_store_up",
+            "1 while the store answers, 0 from its first failed call until it answers again",
+            registry=r,
+        )
+        self.store_up.set(1)  # a store is up until a call to it fails
+        self.store_degraded = Gauge(
+            "otpd_store_degraded",
+            "1 while the store serves from its process-local fallback (store.fallback), else 0",
+            registry=r,
+        )
         self.sms_spend = Gauge("otpd_sms_spend_today", "Estimated SMS spend today", registry=r)
 
     def render(self) -> bytes:

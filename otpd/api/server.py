@@ -7,6 +7,7 @@ sub-application all work. ``create_app(otpd)`` serves a daemon its caller alread
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, Self
@@ -22,7 +23,7 @@ from otpd.api.routes import OTPD, routes
 from otpd.app import Otpd
 from otpd.clock import Clock
 from otpd.config import Config, exposure_problem
-from otpd.errors import ConfigError
+from otpd.errors import ConfigError, StartupError
 
 __all__ = ["HttpServer", "create_app"]
 
@@ -99,6 +100,10 @@ class HttpServer:
         try:
             site = web.TCPSite(runner, self.host, self.port)
             await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            raise StartupError(f"cannot listen on {self._address}: {reason}") from exc
         except BaseException:
             await runner.cleanup()
             raise
@@ -125,6 +130,10 @@ class HttpServer:
         return self._runner.app[OTPD]
 
     @property
-    def url(self) -> str:
+    def _address(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._address}"

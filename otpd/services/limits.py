@@ -8,6 +8,8 @@ Addresses and numbers are counted under keyed hashes, never as they are.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import Protocol
 
 from otpd.config import Config
 from otpd.crypto import Hasher
@@ -16,7 +18,15 @@ from otpd.metrics import Metrics
 from otpd.models import Channel, Message
 from otpd.store import Bucket, Limit, LimitExceeded, Store
 
-__all__ = ["DAY", "HOUR", "SMS_GUARD_SCOPES", "LimitPolicy", "SendingLimits", "retry_after"]
+__all__ = [
+    "DAY",
+    "HOUR",
+    "SMS_GUARD_SCOPES",
+    "LimitPolicy",
+    "RefusalRecorder",
+    "SendingLimits",
+    "retry_after",
+]
 
 HOUR = 3600
 DAY = 86400
@@ -41,13 +51,29 @@ def retry_after(seconds: float) -> int:
     return max(1, math.ceil(seconds))
 
 
+class RefusalRecorder(Protocol):
+    """Told of every message a limit kept from being sent. Dev only: the dev outbox keeps
+    a trace, so that reading it shows the refusal rather than an older message."""
+
+    def refused(self, message: Message, reason: str) -> None:
+        """``reason`` reads like a task's ``last_error``: ``rate_limited: email_hour``."""
+
+
 class LimitPolicy:
     """Builds the limits of every operation from the configuration."""
 
-    def __init__(self, config: Config, hasher: Hasher, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: Config,
+        hasher: Hasher,
+        metrics: Metrics,
+        *,
+        refusals: RefusalRecorder | None = None,
+    ) -> None:
         self.config = config
         self.hasher = hasher
         self.metrics = metrics
+        self.refusals = refusals
 
     def _address(self, domain: str, *parts: str) -> str:
         return self.hasher.digest(domain, *parts)[:32]
@@ -161,6 +187,22 @@ class LimitPolicy:
             )
         return RateLimitedError(message, retry_after=after, scope=refused.scope)
 
+    def record_refusal(
+        self, messages: Iterable[Message], refused: LimitExceeded | RateLimitedError
+    ) -> None:
+        """Tell the refusal recorder, if there is one (dev), that ``messages`` were not
+        sent because of ``refused``."""
+        if self.refusals is None:
+            return
+        if isinstance(refused, RateLimitedError):
+            reason = f"{refused.code}: {refused.details.get('reason') or refused.scope}"
+        elif refused.scope in SMS_GUARD_SCOPES:
+            reason = f"sms_blocked: {refused.scope}"
+        else:
+            reason = f"rate_limited: {refused.scope}"
+        for message in messages:
+            self.refusals.refused(message, reason)
+
 
 class SendingLimits:
     """The dispatcher's admission: counts a message's sending limits in the store, so
@@ -171,4 +213,7 @@ class SendingLimits:
         self.store = store
 
     async def admit(self, message: Message, member: str, now: float) -> LimitExceeded | None:
-        return await self.store.hit_limits(self.policy.sending(message), member, now)
+        refused = await self.store.hit_limits(self.policy.sending(message), member, now)
+        if refused is not None:
+            self.policy.record_refusal([message], refused)
+        return refused

@@ -1,16 +1,30 @@
-"""Generic sends: a template or a raw message to one recipient, with idempotency keys."""
+"""Generic sends: a template or a raw message to one recipient, with idempotency keys.
+
+An ``idempotency_key`` follows the IETF httpapi Idempotency-Key draft: the key (per API
+client) is claimed in the store together with a keyed hash of the canonical request, so
+the same request again answers the first task, another request under the same key is
+refused (422 ``idempotency_key_reused``), and one that arrives while the first is still
+being processed is told to retry (409 ``idempotency_key_in_use``).
+"""
 
 from __future__ import annotations
 
+import hmac
+import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
 
-from otpd.dispatch import new_task_id
-from otpd.errors import RateLimitedError, UnavailableError, ValidationError
+from otpd.errors import (
+    IdempotencyKeyInUseError,
+    IdempotencyKeyReusedError,
+    RateLimitedError,
+    ValidationError,
+)
 from otpd.models import Channel, Message
 from otpd.services.deps import ServiceDeps
+from otpd.store import ClaimState
 from otpd.validation import (
     MAX_EMAIL_TEXT,
     MAX_IDEMPOTENCY_KEY,
@@ -21,11 +35,23 @@ from otpd.validation import (
     normalize_phone,
 )
 
-__all__ = ["IDEMPOTENCY_TTL", "MessageService", "SendAccepted", "SmsAdmission"]
+__all__ = [
+    "IDEMPOTENCY_LEASE",
+    "IDEMPOTENCY_SCOPE",
+    "IDEMPOTENCY_TTL",
+    "MessageService",
+    "SendAccepted",
+    "SmsAdmission",
+]
 
 log = structlog.get_logger("otpd.messages")
 
 IDEMPOTENCY_TTL = 86400
+"""How long a settled key answers with its first task (seconds)."""
+IDEMPOTENCY_LEASE = 60
+"""How long a key stays claimed by a request that has not settled it: far longer than a
+request takes, short enough that a daemon that died mid-request frees the key soon."""
+IDEMPOTENCY_SCOPE = "messages"
 
 
 class SmsAdmission(Protocol):
@@ -40,6 +66,13 @@ class SendAccepted:
     replayed: bool = False
 
 
+def canonical_request(message: Message, fields: dict[str, Any]) -> str:
+    """The request as validated, in one spelling: normalised recipient, sorted keys, no
+    whitespace; what an idempotency key is bound to."""
+    payload = {**fields, "channel": message.channel.value, "to": message.to}
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+
+
 class MessageService:
     def __init__(self, deps: ServiceDeps, *, sms_guard: SmsAdmission | None = None) -> None:
         self.store = deps.store
@@ -47,6 +80,7 @@ class MessageService:
         self.renderer = deps.renderer
         self.hasher = deps.hasher
         self.clock = deps.clock
+        self.limits = deps.limits
         self.sms_guard = sms_guard
 
     async def send(
@@ -63,34 +97,83 @@ class MessageService:
         idempotency_key: str | None = None,
         client: str = "default",
     ) -> SendAccepted:
-        """Queue one message. The same ``idempotency_key`` (per API client) within 24 h
-        returns the first task instead of sending again."""
+        """Queue one message.
+
+        With an ``idempotency_key`` (scoped to the API ``client``), the same request within
+        24 h returns the first task instead of sending again; a different request under the
+        key raises :class:`IdempotencyKeyReusedError`, and one made while the first is
+        still being processed :class:`IdempotencyKeyInUseError`. A request that fails
+        before its task exists (a limit, a full queue) frees the key for a retry.
+        """
+        if idempotency_key is not None and (
+            not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
+            or not idempotency_key.isprintable()
+        ):
+            raise ValidationError.field(
+                "idempotency_key", f"1 to {MAX_IDEMPOTENCY_KEY} printable characters"
+            )
         message = await self._build(channel, to, template, context, locale, subject, text, html)
-        task_id = new_task_id()
-        if idempotency_key is not None:
-            if (
-                not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
-                or not idempotency_key.isprintable()
-            ):
-                raise ValidationError.field(
-                    "idempotency_key", f"1 to {MAX_IDEMPOTENCY_KEY} printable characters"
-                )
-            ref = self.hasher.digest("idempotency", client, idempotency_key)
-            first = await self.store.remember("messages", ref, task_id, IDEMPOTENCY_TTL)
-            if first is not None:
-                log.info("message.idempotent_replay", task_id=first, client=client)
-                return SendAccepted(first, replayed=True)
+        if idempotency_key is None:
+            return await self._queue(message)
+
+        ref = self.hasher.digest("idempotency", client, idempotency_key)
+        fields = {
+            "template": template,
+            "context": context,
+            "locale": check_locale(locale),
+            "subject": subject,
+            "text": text,
+            "html": html,
+        }
+        # a keyed hash: the store never holds the recipient or the body
+        fingerprint = self.hasher.digest("idempotency-request", canonical_request(message, fields))
+        claim = await self.store.claim(IDEMPOTENCY_SCOPE, ref, fingerprint, IDEMPOTENCY_LEASE)
+        if claim.state is not ClaimState.CLAIMED:
+            if not hmac.compare_digest(claim.fingerprint, fingerprint):
+                log.info("message.idempotency_key_reused", client=client)
+                raise IdempotencyKeyReusedError()
+            if claim.state is ClaimState.PENDING:
+                log.info("message.idempotency_key_in_use", client=client)
+                raise IdempotencyKeyInUseError()
+            log.info("message.idempotent_replay", task_id=claim.value, client=client)
+            return SendAccepted(claim.value, replayed=True)
+
         try:
-            if message.channel is Channel.SMS and self.sms_guard is not None:
-                # after the idempotency check, so a replay never counts against the guard
-                await self.sms_guard.admit(message.to)
-            record = await self.dispatcher.enqueue(message, task_id=task_id)
-        except (UnavailableError, RateLimitedError) as exc:
-            if idempotency_key is not None:
-                # the key now names this task: leave it visibly failed, not missing
-                await self.dispatcher.reject(message, f"{exc.code}: not queued", task_id=task_id)
+            accepted = await self._queue(message)
+        except BaseException:
+            # nothing was queued: the key must not name a task that does not exist, and a
+            # retry (after a 429's Retry-After, a 503) must be able to go ahead
+            try:
+                await self.store.release(IDEMPOTENCY_SCOPE, ref, fingerprint)
+            except Exception:
+                # the store is down too: the claim's lease frees the key soon
+                log.warning("message.idempotency_not_released", client=client)
             raise
-        log.info("message.queued", task_id=record.task_id, channel=channel, tag=message.tag)
+        try:
+            await self.store.settle(
+                IDEMPOTENCY_SCOPE, ref, fingerprint, accepted.task_id, IDEMPOTENCY_TTL
+            )
+        except Exception:
+            # The message is queued, so the answer is still 202. The key stays claimed
+            # until its lease ends: a retry meanwhile is told 409, not sent twice.
+            log.warning("message.idempotency_not_saved", task_id=accepted.task_id, client=client)
+        return accepted
+
+    async def _queue(self, message: Message) -> SendAccepted:
+        if message.channel is Channel.SMS and self.sms_guard is not None:
+            # after the idempotency claim, so a replay never counts against the guard
+            try:
+                await self.sms_guard.admit(message.to)
+            except RateLimitedError as exc:
+                self.limits.record_refusal([message], exc)
+                raise
+        record = await self.dispatcher.enqueue(message)
+        log.info(
+            "message.queued",
+            task_id=record.task_id,
+            channel=message.channel.value,
+            tag=message.tag,
+        )
         return SendAccepted(record.task_id)
 
     async def _build(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from email.message import EmailMessage
@@ -17,6 +18,12 @@ from otpd.app import Otpd
 from otpd.clock import FakeClock
 from otpd.config import Config
 from otpd.crypto import api_key_digest
+from otpd.models import Message, TaskRecord
+from otpd.outbox import latest
+from otpd.services.messages import IDEMPOTENCY_SCOPE
+from otpd.store.keys import KeyLayout
+from otpd.store.memory import MemoryStore
+from otpd.store.redis import RedisStore
 from tests.api.helpers import MOBILE, Client, Start, error_of, wait_task
 from tests.conftest import ConfigFactory, open_client, outbox_files
 
@@ -235,6 +242,135 @@ async def test_same_idempotency_key_returns_the_same_task_and_sends_once(
     assert other != task_id
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"text": "Thanks again."},
+        {"to": "someone.else@example.com"},
+        {"subject": "Receipt (2)"},
+        {"channel": "sms", "to": MOBILE, "subject": None},
+    ],
+    ids=["text", "to", "subject", "channel"],
+)
+async def test_a_reused_idempotency_key_with_another_payload_is_422_and_sends_nothing(
+    client: Client, otpd: Otpd, change: dict[str, Any]
+) -> None:
+    body = {
+        "channel": "email",
+        "to": TO,
+        "subject": "Receipt",
+        "text": "Thanks.",
+        "idempotency_key": "order-7",
+    }
+    task_id = await send(client, body)
+    other = {k: v for k, v in {**body, **change}.items() if v is not None}
+    resp = await client.post("/v1/messages", json=other)
+    details = await error_of(resp, 422, "idempotency_key_reused")
+    assert details == {}
+    assert "Idempotent-Replayed" not in resp.headers
+    # the first request still replays, and only it was ever sent
+    again = await client.post("/v1/messages", json=body)
+    assert again.status == 202
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert await again.json() == {"task_id": task_id}
+    assert (await wait_task(client, task_id))["status"] == "sent"
+    assert len(outbox_files(otpd.config, ".eml")) == 1
+    assert outbox_files(otpd.config, ".txt") == []
+
+
+async def test_the_same_payload_spelt_differently_replays(client: Client) -> None:
+    """The key is bound to the request as validated: key order and the spelling of the
+    recipient's domain do not make it another request."""
+    body = {"channel": "email", "to": TO, "subject": "s", "text": "t", "idempotency_key": "k9"}
+    task_id = await send(client, body)
+    respelt = {
+        "idempotency_key": "k9",
+        "text": "t",
+        "to": "reader@EXAMPLE.com",
+        "subject": "s",
+        "channel": "email",
+    }
+    resp = await client.post("/v1/messages", json=respelt)
+    assert resp.status == 202, await resp.text()
+    assert resp.headers["Idempotent-Replayed"] == "true"
+    assert await resp.json() == {"task_id": task_id}
+
+
+async def test_a_key_whose_first_request_is_still_running_is_409(
+    client: Client, otpd: Otpd
+) -> None:
+    body = {"channel": "email", "to": TO, "subject": "s", "text": "t", "idempotency_key": "slow"}
+    entered, proceed = asyncio.Event(), asyncio.Event()
+    enqueue = otpd.dispatcher.enqueue
+
+    async def held(message: Message, *, task_id: str | None = None) -> TaskRecord:
+        entered.set()
+        await proceed.wait()
+        return await enqueue(message, task_id=task_id)
+
+    otpd.dispatcher.enqueue = held  # type: ignore[method-assign]
+    first = asyncio.ensure_future(client.post("/v1/messages", json=body))
+    await asyncio.wait_for(entered.wait(), 10)
+    await error_of(await client.post("/v1/messages", json=body), 409, "idempotency_key_in_use")
+    # a different payload under the key is refused as reused, even while it runs
+    changed = {**body, "text": "other"}
+    await error_of(await client.post("/v1/messages", json=changed), 422, "idempotency_key_reused")
+    proceed.set()
+    done = await first
+    assert done.status == 202
+    task_id = (await done.json())["task_id"]
+    replay = await client.post("/v1/messages", json=body)
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert await replay.json() == {"task_id": task_id}
+    assert (await wait_task(client, task_id))["status"] == "sent"
+    assert len(outbox_files(otpd.config, ".eml")) == 1
+
+
+async def test_a_request_refused_before_its_task_exists_frees_the_key(start: Start) -> None:
+    """A 429 (or 503) leaves no task behind, so the key must not name one: a retry runs
+    again (here: is refused again, not told 409 or replayed), and the key stays free."""
+    daemon, client = await start(sms={"global_hour": 1})
+    await sent(client, {"channel": "sms", "to": MOBILE, "text": "uses the hour's one SMS"})
+    body = {"channel": "sms", "to": MOBILE, "text": "hello", "idempotency_key": "retry-me"}
+    for _ in range(2):
+        resp = await client.post("/v1/messages", json=body)
+        await error_of(resp, 429, "sms_blocked")
+    # the dev outbox keeps a trace of the refusal: the newest entry for the number
+    newest = latest(daemon.config.outbox.dir, MOBILE)
+    assert newest is not None
+    assert newest.refused == "sms_blocked: global_hourly_cap"
+    email_body = {"channel": "email", "to": TO, "subject": "s", "text": "t"}
+    resp = await client.post("/v1/messages", json={**email_body, "idempotency_key": "retry-me"})
+    assert resp.status == 202, await resp.text()
+    assert "Idempotent-Replayed" not in resp.headers
+    assert (await wait_task(client, (await resp.json())["task_id"]))["status"] == "sent"
+
+
+async def test_the_stored_key_holds_a_digest_and_the_task_never_the_message(
+    client: Client, otpd: Otpd
+) -> None:
+    body = {
+        "channel": "email",
+        "to": TO,
+        "subject": "Private subject",
+        "text": "Private words.",
+        "idempotency_key": "stored-1",
+    }
+    task_id = await send(client, body)
+    ref = otpd.hasher.digest("idempotency", "default", "stored-1")
+    key = KeyLayout(otpd.config.store.key_prefix).remembered(IDEMPOTENCY_SCOPE, ref)
+    raw: object
+    if isinstance(otpd.store, RedisStore):
+        raw = await otpd.store.redis.get(key)
+    else:
+        assert isinstance(otpd.store, MemoryStore)
+        raw = otpd.store._data[key]
+    assert isinstance(raw, str)
+    assert re.fullmatch(rf"[0-9a-f]{{64}}:{task_id}", raw), raw
+    for secret in (TO, "reader", "Private", "stored-1"):
+        assert secret not in raw
+
+
 async def test_header_injection_in_subject_adds_no_header(client: Client, otpd: Otpd) -> None:
     await sent(
         client,
@@ -298,7 +434,7 @@ async def test_lone_surrogate_in_text_is_422(client: Client) -> None:
     await error_of(resp, 422, "validation_error")
 
 
-async def test_concurrent_sends_with_one_idempotency_key_make_one_task(
+async def test_concurrent_identical_sends_with_one_key_make_one_task(
     client: Client, otpd: Otpd
 ) -> None:
     body = {
@@ -308,14 +444,40 @@ async def test_concurrent_sends_with_one_idempotency_key_make_one_task(
         "text": "Only once.",
         "idempotency_key": "burst-1",
     }
-    responses = await asyncio.gather(*(client.post("/v1/messages", json=body) for _ in range(10)))
-    assert [r.status for r in responses] == [202] * 10
-    task_ids = {(await r.json())["task_id"] for r in responses}
+    responses = await asyncio.gather(*(client.post("/v1/messages", json=body) for _ in range(20)))
+    statuses = [r.status for r in responses]
+    assert set(statuses) <= {202, 409}, statuses
+    accepted = [r for r in responses if r.status == 202]
+    for r in responses:
+        if r.status == 409:
+            await error_of(r, 409, "idempotency_key_in_use")
+    task_ids = {(await r.json())["task_id"] for r in accepted}
     assert len(task_ids) == 1
-    fresh = [r for r in responses if "Idempotent-Replayed" not in r.headers]
+    fresh = [r for r in accepted if "Idempotent-Replayed" not in r.headers]
     assert len(fresh) == 1
+    assert all(r.headers["Idempotent-Replayed"] == "true" for r in accepted if r not in fresh)
     assert (await wait_task(client, task_ids.pop()))["status"] == "sent"
     assert len(outbox_files(otpd.config, ".eml")) == 1
+
+
+async def test_concurrent_different_sends_with_one_key_send_one(client: Client, otpd: Otpd) -> None:
+    bodies = [
+        {"channel": "email", "to": TO, "subject": "s", "text": f"n{i}", "idempotency_key": "race"}
+        for i in range(20)
+    ]
+    responses = await asyncio.gather(*(client.post("/v1/messages", json=b) for b in bodies))
+    statuses = [r.status for r in responses]
+    assert statuses.count(202) == 1, statuses
+    assert set(statuses) <= {202, 409, 422}, statuses
+    for r in responses:
+        if r.status != 202:
+            code = "idempotency_key_reused" if r.status == 422 else "idempotency_key_in_use"
+            await error_of(r, r.status, code)
+    (winner,) = [i for i, r in enumerate(responses) if r.status == 202]
+    task_id = (await responses[winner].json())["task_id"]
+    assert (await wait_task(client, task_id))["status"] == "sent"
+    (eml,) = outbox_files(otpd.config, ".eml")
+    assert body_of(parse_eml(eml), "plain").strip() == f"n{winner}"
 
 
 async def test_idempotency_keys_are_scoped_per_api_client(start: Start) -> None:
@@ -334,3 +496,14 @@ async def test_idempotency_keys_are_scoped_per_api_client(start: Start) -> None:
         assert "Idempotent-Replayed" not in resp.headers
         ids.append((await resp.json())["task_id"])
     assert ids[0] != ids[1]
+    # another payload under the same key is a conflict for its own client only
+    other = {**body, "text": "another"}
+    web = {"Authorization": "Bearer web-key-0123456789abcdef"}
+    resp = await client.post("/v1/messages", json=other, headers=web)
+    await error_of(resp, 422, "idempotency_key_reused")
+    resp = await client.post("/v1/messages", json={**body, "idempotency_key": "k2"}, headers=web)
+    assert resp.status == 202
+    cron = {"Authorization": "Bearer cron-key-0123456789abcdef"}
+    resp = await client.post("/v1/messages", json={**other, "idempotency_key": "k2"}, headers=cron)
+    assert resp.status == 202, await resp.text()
+    assert "Idempotent-Replayed" not in resp.headers

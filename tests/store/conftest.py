@@ -14,6 +14,7 @@ from otpd.config import StoreConfig, load_config
 from otpd.metrics import Metrics
 from otpd.models import TaskRecord
 from otpd.store import (
+    Claim,
     Limit,
     LimitExceeded,
     OtpRecord,
@@ -103,9 +104,17 @@ class WrappedStore:
         self.calls += 1
         return await self.inner.get_task(task_id)
 
-    async def remember(self, scope: str, ref: str, value: str, ttl: int) -> str | None:
+    async def claim(self, scope: str, ref: str, fingerprint: str, ttl: int) -> Claim:
         self.calls += 1
-        return await self.inner.remember(scope, ref, value, ttl)
+        return await self.inner.claim(scope, ref, fingerprint, ttl)
+
+    async def settle(self, scope: str, ref: str, fingerprint: str, value: str, ttl: int) -> None:
+        self.calls += 1
+        await self.inner.settle(scope, ref, fingerprint, value, ttl)
+
+    async def release(self, scope: str, ref: str, fingerprint: str) -> None:
+        self.calls += 1
+        await self.inner.release(scope, ref, fingerprint)
 
 
 def _wrapped(config: StoreConfig, deps: StoreDeps) -> Store:
@@ -115,9 +124,10 @@ def _wrapped(config: StoreConfig, deps: StoreDeps) -> Store:
 register_backend("wrapped", _wrapped)
 
 
-@pytest.fixture(params=["memory", "redis", "wrapped"])
+@pytest.fixture(params=["memory", "redis", "wrapped", "fallback"])
 def backend(request: pytest.FixtureRequest) -> str:
-    """Every registered backend, for the contract suite."""
+    """Every registered backend, for the contract suite (``fallback``: Redis behind
+    ``store.fallback = "memory"``, while Redis answers)."""
     value: str = request.param
     return value
 
@@ -128,8 +138,11 @@ async def store(
 ) -> AsyncIterator[Store]:
     """A store of ``backend`` made through the registry, as the daemon makes it."""
     data = {"key_prefix": key_prefix}
-    if backend == "redis":
+    name = "redis" if backend == "fallback" else backend
+    if name == "redis":
         data.update(backend="redis", redis_url=request.getfixturevalue("redis_url"))
+    if backend == "fallback":
+        data.update(fallback="memory")
     config = load_config(data={"store": data}, env={}).store
-    async with create_store(backend, config, StoreDeps(clock=clock, metrics=Metrics())) as made:
+    async with create_store(name, config, StoreDeps(clock=clock, metrics=Metrics())) as made:
         yield made

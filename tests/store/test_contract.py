@@ -3,6 +3,7 @@ like Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from otpd.clock import FakeClock
 from otpd.errors import UnavailableError
 from otpd.models import Channel, Message, TaskRecord, TaskStatus, VerifyReason
-from otpd.store.base import Bucket, Limit, OtpRecord, Store
+from otpd.store.base import Bucket, Claim, ClaimState, Limit, OtpRecord, Store
 from otpd.store.memory import MemoryStore
 from tests.conftest import ConfigFactory
 
@@ -181,10 +182,64 @@ async def test_task_records_round_trip_and_update(store: Store, clock: FakeClock
     assert await store.get_task("tsk_" + "1" * 24) is None
 
 
-async def test_remember_keeps_the_first_value(store: Store) -> None:
-    assert await store.remember("messages", "k1", "first", 60) is None
-    assert await store.remember("messages", "k1", "second", 60) == "first"
-    assert await store.remember("other", "k1", "third", 60) is None
+FP_A, FP_B = "a" * 64, "b" * 64
+
+
+async def test_a_claim_is_pending_then_settled_with_its_value(store: Store) -> None:
+    assert (await store.claim("messages", "k1", FP_A, 60)).state is ClaimState.CLAIMED
+    assert await store.claim("messages", "k1", FP_B, 60) == Claim(ClaimState.PENDING, FP_A)
+    await store.settle("messages", "k1", FP_A, "tsk_1", 600)
+    assert await store.claim("messages", "k1", FP_A, 60) == Claim(ClaimState.SETTLED, FP_A, "tsk_1")
+    assert await store.claim("messages", "k1", FP_B, 60) == Claim(ClaimState.SETTLED, FP_A, "tsk_1")
+    # scopes and refs are independent names
+    assert (await store.claim("other", "k1", FP_B, 60)).state is ClaimState.CLAIMED
+    assert (await store.claim("messages", "k2", FP_B, 60)).state is ClaimState.CLAIMED
+
+
+async def test_a_released_claim_can_be_claimed_again(store: Store) -> None:
+    await store.claim("messages", "k1", FP_A, 60)
+    await store.release("messages", "k1", FP_A)
+    assert (await store.claim("messages", "k1", FP_B, 60)).state is ClaimState.CLAIMED
+
+
+async def test_only_the_holder_of_a_pending_claim_settles_or_releases_it(store: Store) -> None:
+    await store.claim("messages", "k1", FP_A, 60)
+    await store.settle("messages", "k1", FP_B, "tsk_b", 600)
+    await store.release("messages", "k1", FP_B)
+    assert await store.claim("messages", "k1", FP_B, 60) == Claim(ClaimState.PENDING, FP_A)
+    # a settled claim is not released by its holder either
+    await store.settle("messages", "k1", FP_A, "tsk_a", 600)
+    await store.release("messages", "k1", FP_A)
+    assert (await store.claim("messages", "k1", FP_A, 60)).value == "tsk_a"
+
+
+async def test_of_concurrent_claims_exactly_one_holds_it(store: Store) -> None:
+    claims = await asyncio.gather(
+        *(store.claim("messages", "k", f"{i:064x}", 60) for i in range(20))
+    )
+    held = [c for c in claims if c.state is ClaimState.CLAIMED]
+    assert len(held) == 1
+    assert {c.state for c in claims} == {ClaimState.CLAIMED, ClaimState.PENDING}
+    assert len({c.fingerprint for c in claims if c.state is ClaimState.PENDING}) == 1
+
+
+async def test_a_pending_claim_lapses_after_its_ttl(
+    store: Store, clock: FakeClock, backend: str
+) -> None:
+    """A request that died holding a claim frees the key once its lease ends; the settled
+    value then lives for its own, longer TTL."""
+
+    async def later() -> None:
+        clock.advance(1.1)
+        if backend in ("redis", "fallback"):
+            await asyncio.sleep(1.1)  # Redis counts a TTL on its own clock
+
+    await store.claim("messages", "k1", FP_A, 1)
+    await later()
+    assert (await store.claim("messages", "k1", FP_B, 1)).state is ClaimState.CLAIMED
+    await store.settle("messages", "k1", FP_B, "tsk_b", 600)
+    await later()
+    assert (await store.claim("messages", "k1", FP_A, 1)).value == "tsk_b"
 
 
 async def test_a_registered_backend_serves_a_whole_daemon(

@@ -4,14 +4,16 @@ change of state, so a Redis outage never reaches a client as a 500 nor floods th
 
 from __future__ import annotations
 
+import os
 import time
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import structlog
 from redis import exceptions as redis_errors
 
 from otpd.metrics import Metrics
 
-__all__ = ["StoreHealth", "error_kind"]
+__all__ = ["StoreHealth", "error_kind", "failure_reason", "masked_url"]
 
 log = structlog.get_logger("otpd.store")
 
@@ -47,11 +49,46 @@ def error_kind(exc: BaseException) -> str | None:
     return None
 
 
+def masked_url(url: str) -> str:
+    """``redis://:secret@host:6379/0`` -> ``redis://:***@host:6379/0``: the URL to show in a
+    message, password masked (in the user part and in a ``password`` parameter)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        name = user.partition(":")[0]
+        netloc = f"{name}:***@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*")
+    # by hand: urlunsplit drops the empty host of unix:///path
+    shown = f"{parts.scheme}://{netloc}{parts.path}" if parts.scheme else url
+    return shown + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What went wrong underneath a store error, in a few words (``Connection refused``,
+    ``Name or service not known``, ``Timeout connecting to server``)."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # a chain may loop back on itself
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and isinstance(seen.errno, int):
+            if seen.errno > 0:
+                return os.strerror(seen.errno)
+            if seen.strerror:
+                return seen.strerror  # a resolver error (socket.gaierror)
+        seen = seen.__cause__ or seen.__context__
+    return str(exc).rstrip(".") or type(exc).__name__
+
+
 class StoreHealth:
     """Counts every failure in ``otpd_store_errors_total{op,kind}`` and logs a warning when
     the store starts failing (or fails differently), and once when it answers again after
     ``quiet_seconds`` without a failure (a store that fails every other call, as a full
-    Redis does, is still failing)."""
+    Redis does, is still failing). ``otpd_store_up`` follows the same two moments: 0 from
+    the first failure, 1 again when the recovery is logged."""
 
     def __init__(self, metrics: Metrics, *, quiet_seconds: float = 1.0) -> None:
         self._metrics = metrics
@@ -64,9 +101,11 @@ class StoreHealth:
         self._last_failure = time.monotonic()
         if self.failing != kind:
             self.failing = kind
+            self._metrics.store_up.set(0)
             log.warning("store.unavailable", operation=op, kind=kind, error=type(exc).__name__)
 
     def answered(self) -> None:
         if self.failing is not None and time.monotonic() - self._last_failure >= self._quiet:
             log.warning("store.recovered", after=self.failing)
             self.failing = None
+            self._metrics.store_up.set(1)
