@@ -1,20 +1,26 @@
-"""Command line: ``otpd serve``, ``otpd check-config``, ``otpd render-template``. The only
-place that owns ``asyncio.run``, signal handling and logging setup."""
+"""Command line: ``otpd serve``, ``otpd check-config``, ``otpd render-template``, ``otpd
+outbox latest``, ``otpd dead-letters list|replay``. The only place that owns
+``asyncio.run``, signal handling and logging setup."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import json
+import os
 import signal
 import sys
+import time
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 import structlog
 
-from otpd.config import Config, load_config, masked_config
-from otpd.errors import ConfigError
+from otpd.config import PROVIDERS, Config, load_config, masked_config
+from otpd.errors import ConfigError, OtpdError
 
 __all__ = ["main"]
 
@@ -25,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the daemon")
+    serve.add_argument(
+        "--debug", action="store_true", help="print the traceback of a start-up failure too"
+    )
     check = sub.add_parser("check-config", help="validate and print the effective config")
     render = sub.add_parser(
         "render-template",
@@ -39,7 +48,32 @@ def _parser() -> argparse.ArgumentParser:
         "--format", choices=("html", "text", "subject", "sms"), default="html", dest="fmt"
     )
     render.add_argument("--locale", help="a language tag such as de; unknown ones fall back to en")
-    for p in (serve, check, render):
+    outbox = sub.add_parser("outbox", help="read the dev outbox (dev mode only)")
+    outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True)
+    newest = outbox_sub.add_parser(
+        "latest",
+        help="print the newest message, code or link sent to an address",
+        description="Print the newest message sent to ADDRESS from the dev outbox, or only "
+        "its code or link. Exits 1 when there is none, or when the newest message to ADDRESS "
+        "was refused by a limit (so no stale code or link is printed).",
+    )
+    newest.add_argument("--to", required=True, metavar="ADDRESS", help="email or E.164 number")
+    part = newest.add_mutually_exclusive_group()
+    part.add_argument("--code", action="store_true", help="only the one-time code")
+    part.add_argument("--link", action="store_true", help="only the link carrying a token")
+    dead = sub.add_parser(
+        "dead-letters",
+        help="list or replay tasks that failed for good (durable queue on Redis)",
+    )
+    dead_sub = dead.add_subparsers(dest="dead_command", required=True)
+    listing = dead_sub.add_parser("list", help="the newest dead letters, one JSON object a line")
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (1 to 1000)")
+    listing.add_argument("--channel", choices=("email", "sms"), help="only this channel")
+    replay = dead_sub.add_parser(
+        "replay", help="queue a dead letter again (same task id, attempts reset)"
+    )
+    replay.add_argument("task_id")
+    for p in (serve, check, render, newest, listing, replay):
         p.add_argument("--config", help="TOML file (default: $OTPD_CONFIG or ./config.toml)")
     return parser
 
@@ -88,6 +122,142 @@ def _render_template(
     return 0
 
 
+def _outbox_latest(config: Config, to: str, *, code: bool, link: bool) -> int:
+    from otpd.outbox import dev_outbox_refusals, find_code, find_link, latest
+
+    if dev_outbox_refusals(config) is None:
+        why = (
+            f"works in dev mode only (server.env is {config.server.env})"
+            if config.server.env != "dev"
+            else "needs the dev outbox (email.providers has no outbox, sms.providers no console)"
+        )
+        print(f"otpd: outbox latest {why}", file=sys.stderr)
+        return 2
+    entry = latest(config.outbox.dir, to)
+    if entry is None:
+        print(f"otpd: no message to {to} in {config.outbox.dir}", file=sys.stderr)
+        return 1
+    if entry.refused:
+        print(
+            f"otpd: the newest message to {to} ({entry.tag}) was refused by a limit "
+            f"({entry.refused}): nothing newer was sent",
+            file=sys.stderr,
+        )
+        return 1
+    if code or link:
+        found = find_code(entry, config.otp.length) if code else find_link(entry)
+        if found is None:
+            what = "code" if code else "link"
+            print(
+                f"otpd: the newest message to {to} ({entry.tag}) holds no {what}", file=sys.stderr
+            )
+            return 1
+        print(found)
+        return 0
+    if entry.subject:
+        print(f"Subject: {entry.subject}\n")
+    print(entry.text)
+    return 0
+
+
+def _dead_letters(config: Config, args: argparse.Namespace) -> int:
+    """``otpd dead-letters list|replay`` straight on the durable queue's Redis; a running
+    daemon picks a replayed task up."""
+    if config.store.backend != "redis" or not config.dispatch.durable:
+        print(
+            "otpd: dead letters of the in-process queue live in the daemon's memory: "
+            "use GET /v1/dead-letters (the CLI reads the durable queue on Redis)",
+            file=sys.stderr,
+        )
+        return 2
+    from otpd.dispatch.queue import DeadLetter
+    from otpd.services.tasks import MAX_DEAD_LETTERS, is_task_id
+    from otpd.store.redis import RedisStore
+    from otpd.store.redis.streams import TaskStreams
+
+    if args.dead_command == "list" and not 1 <= args.limit <= MAX_DEAD_LETTERS:
+        print(f"otpd: --limit must be 1 to {MAX_DEAD_LETTERS}", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        async with RedisStore(config.store, partitions=config.dispatch.partitions) as store:
+            streams = TaskStreams(store)
+            now = time.time()
+            if args.dead_command == "list":
+                since = now - config.dispatch.dead_letter_ttl_seconds
+                letters = [
+                    DeadLetter(
+                        e.task_id, e.channel, e.recipient, e.last_error, e.attempts, e.failed_at
+                    )
+                    for e in await streams.dead_letters(args.limit, since)
+                    if args.channel is None or e.channel == args.channel
+                ]
+                for letter in letters[: args.limit]:
+                    print(json.dumps(letter.to_public()))
+                return 0
+            task_id = args.task_id
+            if not is_task_id(task_id) or not await streams.replay(
+                task_id, config.dispatch.task_ttl_seconds, now
+            ):
+                print(f"otpd: no dead letter {task_id[:64]!r}", file=sys.stderr)
+                return 1
+            print(task_id)
+            return 0
+
+    try:
+        return asyncio.run(run())
+    except OtpdError as exc:
+        print(f"otpd: {exc.message}", file=sys.stderr)
+        return 1
+
+
+def _users_of(config: Config, section: str) -> list[str]:
+    configured = (*config.email.providers, *config.sms.providers)
+    return [name for name in configured if PROVIDERS[name].section == section]
+
+
+def _setting_of(config: Config, filename: str) -> tuple[str, str] | None:
+    """The configured path (``outbox.dir``, ``smtp.ca_file``, ...) that ``filename`` is or
+    lies under, the closest one if several, with its value."""
+    target = Path(os.path.abspath(filename))
+    found: list[tuple[int, str, str]] = []
+    for section in dataclasses.fields(config):
+        values = getattr(config, section.name)
+        if not dataclasses.is_dataclass(values):
+            continue
+        for item in dataclasses.fields(values):
+            value = getattr(values, item.name)
+            if not isinstance(value, str) or not value or item.metadata.get("secret"):
+                continue
+            path = Path(os.path.abspath(value))
+            if path != Path("/") and (path == target or path in target.parents):
+                found.append((len(path.parts), f"{section.name}.{item.name}", value))
+    if not found:
+        return None
+    _, key, value = max(found)
+    return key, value
+
+
+def _startup_failure(exc: BaseException, config: Config) -> list[str]:
+    """What ``otpd serve`` prints when it cannot start: one line naming what failed."""
+    if isinstance(exc, ConfigError):
+        return [f"invalid configuration: {problem}" for problem in exc.problems]
+    if isinstance(exc, OtpdError):
+        # the store names its URL, the server its address (StartupError), ...
+        return [exc.message]
+    if isinstance(exc, OSError) and exc.filename:
+        reason = exc.strerror or type(exc).__name__
+        setting = _setting_of(config, os.fsdecode(exc.filename))
+        if setting is not None:
+            key, value = setting
+            users = _users_of(config, key.partition(".")[0])
+            plural = "s" if len(users) > 1 else ""
+            what = f"the {' and '.join(users)} provider{plural}" if users else key
+            return [f"cannot open {what}: {key} = {value!r}: {reason}"]
+        return [f"cannot start: {os.fsdecode(exc.filename)}: {reason}"]
+    return [f"cannot start: {type(exc).__name__}: {exc}"]
+
+
 async def _serve(config: Config) -> None:
     from otpd.api import HttpServer
 
@@ -121,6 +291,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = _load(args.config)
     if args.command == "render-template":
         raise SystemExit(_render_template(config, args.name, args.context, args.fmt, args.locale))
+    if args.command == "dead-letters":
+        raise SystemExit(_dead_letters(config, args))
+    if args.command == "outbox":
+        raise SystemExit(_outbox_latest(config, args.to, code=args.code, link=args.link))
     if args.command == "check-config":
         print(json.dumps(masked_config(config), indent=2))
         print("otpd: configuration is valid", file=sys.stderr)
@@ -133,6 +307,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(config.logging.level, fmt)
     try:
         asyncio.run(_serve(config))
-    except (ConfigError, RuntimeError, OSError) as exc:
-        structlog.get_logger("otpd").error("otpd.failed_to_start", error=str(exc))
+    except Exception as exc:
+        lines = _startup_failure(exc, config)
+        structlog.get_logger("otpd").error("otpd.failed_to_start", error=lines[0])
+        for line in lines:
+            print(f"otpd: {line}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exception(exc, file=sys.stderr)
         raise SystemExit(1) from None

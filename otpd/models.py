@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,8 @@ class Message:
     email-only. ``tag`` names what the message is (``otp_code``, ``password_reset``) for
     metrics and logs; it never contains personal data. ``limits_counted`` is set when the
     caller already counted the sending limits atomically with its own (OTP issue).
+    ``expires_at`` (UNIX seconds, 0 for never) is when what the message carries stops
+    working (an OTP code, a link token): it is not sent after that.
     """
 
     channel: Channel
@@ -77,6 +80,43 @@ class Message:
     tag: str = "message"
     headers: tuple[tuple[str, str], ...] = ()
     limits_counted: bool = False
+    expires_at: float = 0.0
+
+    def expired(self, now: float) -> bool:
+        return bool(self.expires_at) and now >= self.expires_at
+
+    def to_json(self) -> bytes:
+        """The message as compact JSON (to be sealed before it is stored anywhere)."""
+        return json.dumps(
+            [
+                self.channel.value,
+                self.to,
+                self.text,
+                self.subject,
+                self.html,
+                self.tag,
+                [list(h) for h in self.headers],
+                self.limits_counted,
+                self.expires_at,
+            ],
+            separators=(",", ":"),
+            ensure_ascii=False,
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Message:
+        channel, to, text, subject, html, tag, headers, counted, expires_at = json.loads(data)
+        return cls(
+            Channel(channel),
+            to,
+            text,
+            subject,
+            html,
+            tag,
+            tuple((str(name), str(value)) for name, value in headers),
+            bool(counted),
+            float(expires_at),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +140,7 @@ class TaskRecord:
     attempts: int = 0
     provider: str = ""
     last_error: str = ""
+    provider_message_id: str = ""
 
     def to_public(self) -> dict[str, Any]:
         return {
@@ -109,6 +150,7 @@ class TaskRecord:
             "attempts": self.attempts,
             "provider": self.provider or None,
             "last_error": self.last_error or None,
+            "provider_message_id": self.provider_message_id or None,
             "created_at": rfc3339(self.created_at),
             "updated_at": rfc3339(self.updated_at),
         }

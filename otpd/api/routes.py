@@ -15,6 +15,7 @@ from otpd.api.schemas import IssueOtpBody, SendMessageBody, VerifyOtpBody, parse
 from otpd.app import Otpd
 from otpd.clock import rfc3339
 from otpd.errors import ValidationError
+from otpd.services.tasks import MAX_DEAD_LETTERS
 
 __all__ = ["OTPD", "json_response", "read_body", "routes"]
 
@@ -96,6 +97,29 @@ async def get_task(request: web.Request) -> web.Response:
     return json_response(record.to_public())
 
 
+@routes.get("/v1/dead-letters")
+async def dead_letters(request: web.Request) -> web.Response:
+    query = request.query
+    unknown = sorted(set(query) - {"limit", "channel"})
+    if unknown:
+        raise ValidationError(
+            "unknown query parameter", fields={k[:64]: "unknown parameter" for k in unknown[:8]}
+        )
+    raw_limit = query.get("limit", "100")
+    if not raw_limit.isascii() or not raw_limit.isdigit() or len(raw_limit) > 6:
+        raise ValidationError.field("limit", f"must be an integer 1 to {MAX_DEAD_LETTERS}")
+    letters = await request.app[OTPD].tasks.dead_letters(
+        limit=int(raw_limit), channel=query.get("channel")
+    )
+    return json_response({"dead_letters": [d.to_public() for d in letters]})
+
+
+@routes.post("/v1/dead-letters/{task_id}/replay")
+async def replay_dead_letter(request: web.Request) -> web.Response:
+    record = await request.app[OTPD].tasks.replay(request.match_info["task_id"])
+    return json_response({"task_id": record.task_id}, status=202)
+
+
 @routes.get("/v1/health/messaging")
 async def messaging_health(request: web.Request) -> web.Response:
     providers = await request.app[OTPD].messaging_health()
@@ -128,9 +152,13 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     checks = await request.app[OTPD].readiness()
     ready = all(c["ok"] for c in checks.values())
-    return json_response(
-        {"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503
-    )
+    body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "checks": checks}
+    store = checks.get("store", {})
+    if "degraded" in store:  # store.fallback is on: serving from it is ready, and says so
+        body["degraded"] = store["degraded"]
+        if store["degraded"]:
+            body["reason"] = store["reason"]
+    return json_response(body, 200 if ready else 503)
 
 
 @routes.get("/metrics")

@@ -4,7 +4,7 @@ what each configured provider needs). Everything ``otpd serve`` refuses is refus
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,16 +90,48 @@ class Config:
                 "must be an absolute https:// URL"
                 + (" (or http:// in dev)" if self.server.env != "production" else ""),
             )
+        longest = self.longest_delivery_seconds()
+        durable = self.dispatch.durable and self.store.backend == "redis"
+        if durable and self.dispatch.claim_idle_seconds <= longest:
+            yield Problem(
+                "dispatch.claim_idle_seconds",
+                f"must exceed the longest pass through a provider chain ({longest:g} s: "
+                "dispatch.provider_timeout_seconds times the providers of the longest "
+                "chain), or a slow delivery is claimed and sent again by another daemon",
+            )
         exposed = exposure_problem(self.server.host, bool(self.auth.keys))
         if exposed is not None:
             yield exposed
         for name in (*self.email.providers, *self.sms.providers):
             if name not in PROVIDERS:
                 continue  # reported by the section itself
-            section = getattr(self, PROVIDERS[name].section)
+            spec = PROVIDERS[name]
+            section = getattr(self, spec.section)
             when_used = getattr(section, "when_used", None)
             if when_used is not None:
                 yield from when_used()
+            endpoints = getattr(section, "endpoints", None)
+            if endpoints is not None:
+                yield from self._endpoint_problems(spec.section, endpoints())
+
+    def _endpoint_problems(
+        self, section: str, endpoints: Iterable[tuple[str, str]]
+    ) -> Iterator[Problem]:
+        """A vendor URL otpd sends API keys to: absolute, and ``https://`` in production,
+        where ``http://`` would put the key on the wire in clear."""
+        production = self.server.env == "production"
+        for key, url in endpoints:
+            if not is_web_url(url, allow_http=True):
+                dev = "" if production else " (or http:// in dev)"
+                yield Problem(f"{section}.{key}", f"must be an absolute https:// URL{dev}")
+            elif production and not is_web_url(url, allow_http=False):
+                yield Problem(f"{section}.{key}", "must be https:// in production")
+
+    def longest_delivery_seconds(self) -> float:
+        """The longest one pass through a provider chain can take (each provider call is
+        bounded by ``dispatch.provider_timeout_seconds``)."""
+        longest = max(len(self.email.providers), len(self.sms.providers), 1)
+        return longest * self.dispatch.provider_timeout_seconds
 
     def _production(self) -> Iterator[Problem]:
         def need(ok: bool, key: str, text: str) -> Iterator[Problem]:
@@ -111,6 +143,12 @@ class Config:
         )
         yield from need(bool(self.auth.keys), "auth.keys", "production needs at least one API key")
         yield from need(self.store.backend != "memory", "store.backend", "production needs redis")
+        yield from need(
+            bool(self.security.encryption_keys),
+            "security.encryption_keys",
+            "production needs at least one key (queued messages and secrets are "
+            "encrypted with it at rest)",
+        )
         yield from need(
             self.links.base_url.startswith("https://"),
             "links.base_url",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from otpd.config.checks import Checks, mailbox, secret
 from otpd.config.vendors import EMAIL_PROVIDERS, SMS_PROVIDERS
@@ -17,6 +20,7 @@ __all__ = [
     "BreakerConfig",
     "DispatchConfig",
     "EmailConfig",
+    "EncryptionKey",
     "LinksConfig",
     "LoggingConfig",
     "OtpConfig",
@@ -27,6 +31,7 @@ __all__ = [
     "SmsConfig",
     "StoreConfig",
     "TokensConfig",
+    "sentinel_addresses",
 ]
 
 _URL = ("http://", "https://")
@@ -42,6 +47,7 @@ class ServerConfig:
     body_timeout_seconds: float = 30.0
     keepalive_timeout_seconds: float = 75.0
     max_connections: int = 1024
+    instance_id: str = ""
 
     def __post_init__(self) -> None:
         c = Checks("server")
@@ -51,6 +57,11 @@ class ServerConfig:
             value = getattr(self, key)
             c.need(0 < value <= 3600, key, "must be greater than 0 and at most 3600")
         c.need(1 <= self.max_connections <= 1_000_000, "max_connections", "must be 1 to 1000000")
+        c.need(
+            re.fullmatch(r"[A-Za-z0-9_.:\-]{0,64}", self.instance_id) is not None,
+            "instance_id",
+            "letters, digits and _ . : - only, at most 64 (empty: host name and pid)",
+        )
         c.done()
 
 
@@ -62,9 +73,31 @@ class StoreConfig:
     max_connections: int = 50
     pool_timeout_seconds: float = 2.0
     socket_timeout_seconds: float = 2.0
+    fallback: Literal["none", "memory"] = "none"
+    mode: Literal["standalone", "cluster", "sentinel"] = "standalone"
+    sentinel_urls: tuple[str, ...] = ()
+    sentinel_service: str = ""
 
     def __post_init__(self) -> None:
         c = Checks("store")
+        if self.mode == "cluster":
+            c.need(
+                self.redis_url.startswith(("redis://", "rediss://"))
+                and urlsplit(self.redis_url).path in ("", "/", "/0"),
+                "redis_url",
+                "in cluster mode: a redis:// or rediss:// seed node, database 0",
+            )
+        if self.mode == "sentinel":
+            c.need(bool(self.sentinel_urls), "sentinel_urls", "sentinel mode needs at least one")
+            for url in self.sentinel_urls:
+                c.need(
+                    _host_port(url) is not None, "sentinel_urls", f"{url!r}: not redis://host:port"
+                )
+            c.need(
+                re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", self.sentinel_service) is not None,
+                "sentinel_service",
+                "sentinel mode needs the master's name (letters, digits, _ . -)",
+            )
         c.need(
             self.redis_url.startswith(("redis://", "rediss://", "unix://")),
             "redis_url",
@@ -81,9 +114,65 @@ class StoreConfig:
         c.done()
 
 
+def _host_port(url: str) -> tuple[str, int] | None:
+    """``redis://host:port`` -> (host, port), else None."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname or port is None:
+        return None
+    return parts.hostname, port
+
+
+def sentinel_addresses(urls: tuple[str, ...]) -> list[tuple[str, int]]:
+    """The (host, port) of each checked ``store.sentinel_urls`` entry."""
+    return [hp for hp in map(_host_port, urls) if hp is not None]
+
+
+def _key_bytes(text: str) -> bytes | None:
+    """The 32 raw bytes of a base64 (standard or URL-safe) AES-256 key, else None."""
+    try:
+        raw = base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if len(raw) == 32 else None
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptionKey:
+    """One AES-256-GCM key of the at-rest keyring: an id and 32 bytes in base64."""
+
+    id: str
+    key: str = secret()
+
+    def __post_init__(self) -> None:
+        c = Checks("security.encryption_keys")
+        c.need(
+            re.fullmatch(r"[A-Za-z0-9_\-]{1,32}", self.id) is not None,
+            "id",
+            "letters, digits, _ and - only, 1 to 32",
+        )
+        c.need(
+            _key_bytes(self.key) is not None,
+            "key",
+            f"key {self.id!r}: must be 32 bytes in base64 (make one: "
+            "python -c 'import os, base64; print(base64.b64encode(os.urandom(32)).decode())')",
+        )
+        c.done()
+
+    @property
+    def raw(self) -> bytes:
+        raw = _key_bytes(self.key)
+        assert raw is not None  # checked on creation
+        return raw
+
+
 @dataclass(frozen=True, slots=True)
 class SecurityConfig:
     secret_key: str = secret()
+    encryption_keys: tuple[EncryptionKey, ...] = ()
 
     def __post_init__(self) -> None:
         c = Checks("security")
@@ -93,6 +182,8 @@ class SecurityConfig:
             "must be at least 32 characters (make one: "
             "python -c 'import secrets; print(secrets.token_urlsafe(48))')",
         )
+        ids = [k.id for k in self.encryption_keys]
+        c.need(len(set(ids)) == len(ids), "encryption_keys", "key ids must be unique")
         c.done()
 
 
@@ -147,6 +238,11 @@ class DispatchConfig:
     backoff_max_seconds: float = 300.0
     drain_timeout_seconds: float = 10.0
     task_ttl_seconds: int = 7 * 86400
+    durable: bool = True
+    provider_timeout_seconds: float = 10.0
+    claim_idle_seconds: float = 60.0
+    dead_letter_ttl_seconds: int = 7 * 86400
+    partitions: int = 16
 
     def __post_init__(self) -> None:
         c = Checks("dispatch")
@@ -161,6 +257,14 @@ class DispatchConfig:
         )
         c.need(self.drain_timeout_seconds >= 0, "drain_timeout_seconds", "must be >= 0")
         c.positive(self.task_ttl_seconds, "task_ttl_seconds")
+        c.need(
+            0 < self.provider_timeout_seconds <= 300,
+            "provider_timeout_seconds",
+            "must be greater than 0 and at most 300",
+        )
+        c.positive(self.claim_idle_seconds, "claim_idle_seconds")
+        c.positive(self.dead_letter_ttl_seconds, "dead_letter_ttl_seconds")
+        c.need(1 <= self.partitions <= 1024, "partitions", "must be 1 to 1024")
         c.done()
 
 

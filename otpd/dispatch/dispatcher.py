@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Self
@@ -19,7 +19,7 @@ import structlog
 
 from otpd.clock import Clock
 from otpd.config import DispatchConfig
-from otpd.dispatch.queue import DeliveryQueue, InProcessQueue, Job
+from otpd.dispatch.queue import DeadLetter, DeliveryQueue, InProcessQueue, Job
 from otpd.dispatch.retry import RetryPolicy
 from otpd.errors import DeliveryError, PermanentDeliveryError, UnavailableError
 from otpd.metrics import Metrics
@@ -33,6 +33,9 @@ log = structlog.get_logger("otpd.dispatch")
 
 _CANCEL_ROUNDS = 20
 _CANCEL_WAIT = 0.25
+_DEFER_SECONDS = 1.0  # a job the store could not take for comes back after this
+_SAVE_RETRY_MAX = 2.0
+_EXPIRED = "expired: what the message carries expired before it could be sent"
 
 
 def new_task_id() -> str:
@@ -74,7 +77,7 @@ class Dispatcher:
         self.config = config
         self._clock = clock
         self._metrics = metrics
-        self.queue: DeliveryQueue = queue or InProcessQueue(store, config)
+        self.queue: DeliveryQueue = queue or InProcessQueue(store, config, clock)
         self.retry = retry or RetryPolicy(
             config.max_attempts, config.backoff_base_seconds, config.backoff_max_seconds
         )
@@ -135,7 +138,7 @@ class Dispatcher:
             drained = False
         await self._stop_workers()
         interrupted, self._interrupted = self._interrupted, []
-        leftover = self.queue.close(interrupted)
+        leftover = await self.queue.close(interrupted)
         for job in leftover:
             await self._record_final(job, TaskStatus.FAILED, "shutdown: not delivered before stop")
         await self.queue.__aexit__(None, None, None)
@@ -205,6 +208,22 @@ class Dispatcher:
         self._metrics.tasks.labels(message.channel.value, TaskStatus.FAILED.value).inc()
         return record
 
+    # ------------------------------------------------------------------ dead letters
+
+    async def dead_letters(self, limit: int, channel: Channel | None = None) -> list[DeadLetter]:
+        """Tasks that failed for good, newest first (kept ``dead_letter_ttl_seconds``)."""
+        return await self.queue.dead_letters(limit, channel)
+
+    async def replay(self, task_id: str) -> TaskRecord | None:
+        """Send a dead letter again under the same task id, attempts reset; None when
+        there is no such dead letter."""
+        if not self._accepting:
+            raise UnavailableError("the dispatcher is not accepting messages")
+        record = await self.queue.replay(task_id)
+        if record is not None:
+            log.info("task.replayed", task_id=task_id)
+        return record
+
     # ------------------------------------------------------------------ workers
 
     async def _work(self) -> None:
@@ -222,6 +241,14 @@ class Dispatcher:
                 # cancelled mid-delivery by a drain that ran out of time
                 self._interrupted.append(job)
                 raise
+            except UnavailableError:
+                # The store is down before anything was sent: nothing is final, the job
+                # comes back later (a durable entry stays pending meanwhile).
+                job.record.status = (
+                    TaskStatus.QUEUED if job.record.attempts == 0 else (TaskStatus.RETRYING)
+                )
+                log.info("task.deferred", task_id=job.record.task_id, reason="store_unavailable")
+                await self.queue.defer(job, _DEFER_SECONDS)
             except Exception:
                 # A worker must survive anything; the task still ends in a visible state.
                 log.exception("dispatcher.worker_error", task_id=job.record.task_id)
@@ -233,15 +260,25 @@ class Dispatcher:
 
     async def _attempt(self, job: Job) -> None:
         record = job.record
+        if job.message.expired(self._clock.time()):
+            # what it carries no longer works: a late code only confuses its reader
+            await self._finish(job, TaskStatus.FAILED, _EXPIRED, dead_letter=True)
+            return
         if record.attempts == 0 and not await self._admit(job):
             return
-        record.attempts += 1
-        await self._mark_sending(job)
+        if not await self._mark_sending(job):
+            return
         chain = self.chains[record.channel]
         try:
             result = await chain.send(job.message)
         except PermanentDeliveryError as exc:
-            await self._finish(job, TaskStatus.FAILED, f"{exc.reason}: {exc.message}", exc.provider)
+            await self._finish(
+                job,
+                TaskStatus.FAILED,
+                f"{exc.reason}: {exc.message}",
+                exc.provider,
+                dead_letter=True,
+            )
             return
         except DeliveryError as exc:
             error = f"{exc.reason}: {exc.message}"
@@ -249,7 +286,7 @@ class Dispatcher:
                 delay = self.retry.delay(record.attempts)
                 record.last_error = error
                 self._touch(job, TaskStatus.RETRYING)
-                await self._persist(job, self.queue.retry(job, delay))
+                await self._until_saved(job, lambda: self.queue.retry(job, delay))
                 log.info(
                     "task.retrying",
                     task_id=record.task_id,
@@ -258,9 +295,10 @@ class Dispatcher:
                     reason=exc.reason,
                 )
             else:
-                await self._finish(job, TaskStatus.FAILED, error)
+                await self._finish(job, TaskStatus.FAILED, error, dead_letter=True)
             return
         record.last_error = ""
+        record.provider_message_id = result.message_id
         await self._finish(job, TaskStatus.SENT, "", result.provider)
 
     async def _admit(self, job: Job) -> bool:
@@ -278,9 +316,44 @@ class Dispatcher:
         job.record.status = status
         job.record.updated_at = self._clock.time()
 
-    async def _mark_sending(self, job: Job) -> None:
+    async def _mark_sending(self, job: Job) -> bool:
+        """Record the attempt before the provider call; raises UnavailableError (and
+        changes nothing) when the store cannot take it, so nothing is sent unrecorded.
+        False when another daemon took the job over meanwhile: it is not sent here."""
+        record = job.record
+        before = (record.status, record.attempts, record.updated_at)
+        record.attempts += 1
         self._touch(job, TaskStatus.SENDING)
-        await self._persist(job, self.store.update_task(job.record))
+        try:
+            mine = await self.queue.start(job)
+        except BaseException:
+            record.status, record.attempts, record.updated_at = before
+            raise
+        if not mine:
+            log.info("task.taken_over", task_id=record.task_id)
+        return mine
+
+    async def _until_saved(self, job: Job, write: Callable[[], Awaitable[None]]) -> None:
+        """Write a status change that follows a provider call until the store takes it:
+        the message went out (or failed for good), so the record must say so."""
+        delay = 0.05
+        warned = False
+        while True:
+            try:
+                await write()
+            except UnavailableError:
+                if not warned:
+                    log.warning(
+                        "task.status_not_saved",
+                        task_id=job.record.task_id,
+                        status=job.record.status,
+                        retry="until the store answers",
+                    )
+                    warned = True
+            else:
+                return
+            await asyncio.sleep(delay)
+            delay = min(_SAVE_RETRY_MAX, delay * 2)
 
     async def _persist(self, job: Job, write: Awaitable[None]) -> None:
         try:
@@ -297,9 +370,15 @@ class Dispatcher:
             )
 
     async def _finish(
-        self, job: Job, status: TaskStatus, error: str, provider: str | None = None
+        self,
+        job: Job,
+        status: TaskStatus,
+        error: str,
+        provider: str | None = None,
+        *,
+        dead_letter: bool = False,
     ) -> None:
-        await self._record_final(job, status, error, provider, release=True)
+        await self._record_final(job, status, error, provider, release=True, dead=dead_letter)
 
     async def _record_final(
         self,
@@ -309,13 +388,14 @@ class Dispatcher:
         provider: str | None = None,
         *,
         release: bool = False,
+        dead: bool = False,
     ) -> None:
         if provider:
             job.record.provider = provider
         job.record.last_error = error
         self._touch(job, status)
         if release:
-            await self._persist(job, self.queue.done(job))
+            await self._until_saved(job, lambda: self.queue.done(job, dead_letter=dead))
         else:
             await self._persist(job, self.store.update_task(job.record))
         self._metrics.tasks.labels(job.record.channel.value, status.value).inc()

@@ -8,24 +8,60 @@ protocol and persists what this one only remembers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
+from otpd.clock import Clock, SystemClock, rfc3339
 from otpd.config import DispatchConfig
 from otpd.errors import UnavailableError
-from otpd.models import Message, TaskRecord
+from otpd.models import Channel, Message, TaskRecord, TaskStatus
+from otpd.redaction import mask_email, mask_phone
 from otpd.store.base import Store
 
-__all__ = ["DeliveryQueue", "InProcessQueue", "Job"]
+__all__ = ["DeadLetter", "DeliveryQueue", "InProcessQueue", "Job", "masked_recipient"]
 
 
 @dataclass(slots=True)
 class Job:
-    """One task on its way: the record every change is written to, and what to send."""
+    """One task on its way: the record every change is written to, and what to send.
+
+    ``entry`` names the job's entry in a durable queue ("" in memory).
+    """
 
     record: TaskRecord
     message: Message
+    entry: str = ""
+
+
+def masked_recipient(message: Message) -> str:
+    if message.channel is Channel.EMAIL:
+        return mask_email(message.to)
+    return mask_phone(message.to)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A task that failed for good, kept for a while so that it can be replayed."""
+
+    task_id: str
+    channel: str
+    recipient: str  # masked
+    last_error: str
+    attempts: int
+    failed_at: float
+
+    def to_public(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "channel": self.channel,
+            "recipient": self.recipient,
+            "last_error": self.last_error,
+            "attempts": self.attempts,
+            "failed_at": rfc3339(self.failed_at),
+        }
 
 
 class DeliveryQueue(Protocol):
@@ -50,11 +86,29 @@ class DeliveryQueue(Protocol):
     async def get(self) -> Job:
         """The next job for a worker; waits until there is one."""
 
-    async def done(self, job: Job) -> None:
-        """``job`` reached a final status: write its record and let go of it."""
+    async def start(self, job: Job) -> bool:
+        """Record the attempt (status ``sending``) before the provider call. False when
+        the job is no longer this process's (another daemon took it over): it is let go
+        then, and must not be sent. Raises ``UnavailableError`` and changes nothing when
+        the store cannot take it."""
+
+    async def done(self, job: Job, *, dead_letter: bool = False) -> None:
+        """``job`` reached a final status: write its record and let go of it; a
+        ``dead_letter`` is kept for :meth:`replay`. A failed write raises and leaves the
+        job held, so the caller can write again."""
 
     async def retry(self, job: Job, delay: float) -> None:
         """Write ``job``'s record (retrying) and hand it out again after ``delay`` seconds."""
+
+    async def defer(self, job: Job, delay: float) -> None:
+        """The store could not be reached for ``job``: hand it out again after ``delay``
+        seconds, writing nothing."""
+
+    async def dead_letters(self, limit: int, channel: Channel | None) -> list[DeadLetter]:
+        """The newest dead letters first."""
+
+    async def replay(self, task_id: str) -> TaskRecord | None:
+        """Queue a dead letter again (attempts reset); None when there is no such one."""
 
     async def join(self) -> None:
         """Wait until no job is queued or with a worker (waiting retries do not count)."""
@@ -65,7 +119,7 @@ class DeliveryQueue(Protocol):
     def hold_retries(self) -> None:
         """Stop bringing back retries as they come due (a drain does not wait for them)."""
 
-    def close(self, interrupted: list[Job]) -> list[Job]:
+    async def close(self, interrupted: list[Job]) -> list[Job]:
         """Stop handing out jobs. Returns the jobs (``interrupted`` mid-delivery ones
         among them) that this queue cannot keep once the process ends: the dispatcher
         records them failed."""
@@ -75,13 +129,16 @@ class InProcessQueue:
     """Jobs in memory: fast, and gone with the process (the dispatcher fails what is left
     at shutdown, so every accepted task still ends in a visible state)."""
 
-    def __init__(self, store: Store, config: DispatchConfig) -> None:
+    def __init__(self, store: Store, config: DispatchConfig, clock: Clock | None = None) -> None:
         self.store = store
         self.config = config
+        self._clock: Clock = clock or SystemClock()
         self._queue: asyncio.Queue[Job] | None = None
         self._waiting: dict[str, tuple[Job, asyncio.TimerHandle]] = {}
         self._held: list[Job] = []
         self._retry_due: asyncio.Event | None = None
+        self._deferred: dict[asyncio.TimerHandle, Job] = {}
+        self._dead: OrderedDict[str, tuple[DeadLetter, Job]] = OrderedDict()
 
     async def __aenter__(self) -> Self:
         if self._queue is not None:
@@ -96,7 +153,7 @@ class InProcessQueue:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close([])
+        await self.close([])
 
     @property
     def queue(self) -> asyncio.Queue[Job]:
@@ -118,11 +175,82 @@ class InProcessQueue:
     async def get(self) -> Job:
         return await self.queue.get()
 
-    async def done(self, job: Job) -> None:
+    async def start(self, job: Job) -> bool:
+        await self.store.update_task(job.record)
+        return True
+
+    async def done(self, job: Job, *, dead_letter: bool = False) -> None:
+        await self.store.update_task(job.record)
+        self.queue.task_done()
+        if dead_letter:
+            self._keep_dead(job)
+
+    def _keep_dead(self, job: Job) -> None:
+        record = job.record
+        letter = DeadLetter(
+            record.task_id,
+            record.channel.value,
+            masked_recipient(job.message),
+            record.last_error,
+            record.attempts,
+            record.updated_at,
+        )
+        self._dead[record.task_id] = (letter, job)
+        self._dead.move_to_end(record.task_id)
+        while len(self._dead) > self.config.queue_size:
+            self._dead.popitem(last=False)
+
+    def _expire_dead(self) -> None:
+        horizon = self._clock.time() - self.config.dead_letter_ttl_seconds
+        while self._dead:
+            letter, _ = next(iter(self._dead.values()))
+            if letter.failed_at >= horizon:
+                break
+            self._dead.popitem(last=False)
+
+    async def dead_letters(self, limit: int, channel: Channel | None) -> list[DeadLetter]:
+        self._expire_dead()
+        out = []
+        for letter, _ in reversed(self._dead.values()):
+            if channel is None or letter.channel == channel.value:
+                out.append(letter)
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def replay(self, task_id: str) -> TaskRecord | None:
+        self._expire_dead()
+        found = self._dead.pop(task_id, None)
+        if found is None:
+            return None
+        _, job = found
+        record = dataclasses.replace(
+            job.record,
+            status=TaskStatus.QUEUED,
+            attempts=0,
+            last_error="",
+            provider="",
+            provider_message_id="",
+            updated_at=self._clock.time(),
+        )
         try:
-            await self.store.update_task(job.record)
-        finally:
-            self.queue.task_done()
+            await self.put(Job(record, job.message))
+        except BaseException:
+            self._dead[task_id] = found
+            raise
+        return record
+
+    async def defer(self, job: Job, delay: float) -> None:
+        queue = self.queue
+        loop = asyncio.get_running_loop()
+
+        def again() -> None:
+            self._deferred.pop(handle, None)
+            queue.put_nowait(job)
+            queue.task_done()  # the put above counts the job again
+
+        handle = loop.call_later(delay, again)
+        self._deferred[handle] = job
 
     async def retry(self, job: Job, delay: float) -> None:
         queue = self.queue
@@ -156,9 +284,15 @@ class InProcessQueue:
             self._held.append(job)
         self._waiting.clear()
 
-    def close(self, interrupted: list[Job]) -> list[Job]:
+    async def close(self, interrupted: list[Job]) -> list[Job]:
         self.hold_retries()
         leftover, self._held = self._held, []
+        for handle, job in self._deferred.items():
+            handle.cancel()
+            leftover.append(job)
+            if self._queue is not None:
+                self._queue.task_done()
+        self._deferred.clear()
         if self._queue is not None:
             while not self._queue.empty():
                 leftover.append(self._queue.get_nowait())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
@@ -39,12 +40,16 @@ class ProviderChain:
         breaker: BreakerConfig,
         clock: Clock,
         metrics: Metrics,
+        attempt_timeout: float | None = None,
     ) -> None:
         if not providers:
             raise ValueError(f"the {channel} chain needs at least one provider")
         self.channel = channel
         self.providers = tuple(providers)
         self._metrics = metrics
+        # a hard bound on each provider call, whatever the provider's own timeouts: the
+        # durable queue's claim_idle_seconds is checked against it
+        self.attempt_timeout = attempt_timeout
         self.breakers = {
             p.name: CircuitBreaker(breaker, clock, self._state_logger(p.name)) for p in providers
         }
@@ -85,7 +90,20 @@ class ProviderChain:
             started = time.perf_counter()
             labels = (self.channel.value, provider.name)
             try:
-                result = await provider.send(message)
+                async with asyncio.timeout(self.attempt_timeout):
+                    result = await provider.send(message)
+            except TimeoutError:
+                breaker.record_failure("timeout: no answer within the attempt timeout")
+                self._metrics.deliveries.labels(*labels, "transient").inc()
+                failures.append(f"{provider.name}: timeout")
+                log.warning(
+                    "delivery.failover",
+                    channel=self.channel.value,
+                    provider=provider.name,
+                    reason="timeout",
+                    error="no answer within dispatch.provider_timeout_seconds",
+                )
+                continue
             except PermanentDeliveryError:
                 # the provider did its job; the recipient is refused
                 breaker.record_success()

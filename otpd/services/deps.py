@@ -8,6 +8,7 @@ from otpd.clock import Clock
 from otpd.crypto import Hasher
 from otpd.dispatch import Dispatcher
 from otpd.metrics import Metrics
+from otpd.sealing import Keyring
 from otpd.services.limits import LimitPolicy
 from otpd.store import Store
 from otpd.templating import TemplateRenderer
@@ -24,3 +25,4 @@ class ServiceDeps:
     clock: Clock
     metrics: Metrics
     limits: LimitPolicy
+    keyring: Keyring  # what is kept at rest beyond keyed hashes is sealed with it

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import structlog
 
 from otpd.config import OtpConfig
@@ -131,6 +133,7 @@ class OtpService:
         if refused is not None:
             if charge is not None:
                 await self.sms_guard.refund(charge)
+            policy.record_refusal(messages, refused)
             error = policy.error(refused, "otp", "too many codes requested; try again later")
             log.info(
                 f"audit.{error.code}" if error.code == "sms_blocked" else "audit.otp_rate_limited",
@@ -143,6 +146,8 @@ class OtpService:
 
         deliveries = []
         for message in messages:
+            # not sent once the code it carries has expired
+            message = dataclasses.replace(message, expires_at=record.expires_at)
             task = await self.dispatcher.enqueue(message)
             deliveries.append(Delivery(message.channel, task.task_id))
         self.metrics.otp_issued.labels(otp_channel.value).inc()

@@ -9,7 +9,9 @@ message is queued, with rules checked cheapest first:
    the first ``prefix_digits`` digits, within ``prefix_window_seconds``) together with the
    per-country and global caps per hour and per day: sliding windows in the store, all
    counted or none in one call;
-3. the daily budget: estimated spend per UTC day, in the store.
+3. the daily budget: estimated spend per UTC day, in the store. While the store serves
+   from its local fallback (``store.fallback``) the budget fails closed: every SMS is
+   refused with ``budget_unavailable``.
 
 Every refusal increments ``otpd_sms_blocked_total{reason}``. Numbers reach the store only
 as keyed hashes.
@@ -25,7 +27,7 @@ import structlog
 
 from otpd.config import SmsConfig
 from otpd.crypto import new_id
-from otpd.errors import SmsBlockedError, ValidationError
+from otpd.errors import SmsBlockedError, StoreDegradedError, ValidationError
 from otpd.redaction import mask_phone
 from otpd.services.deps import ServiceDeps
 from otpd.services.limits import retry_after
@@ -41,6 +43,8 @@ log = structlog.get_logger("otpd.sms_guard")
 MICROS = 1_000_000
 # The spend counter of a day outlives that day, so a restart near midnight still sees it.
 BUDGET_TTL = 2 * 86400
+# While the store serves from its fallback the budget cannot be read: ask again soon.
+BUDGET_UNAVAILABLE_RETRY = 30
 
 
 def _micros(amount: float) -> int:
@@ -150,9 +154,22 @@ class SmsGuard:
         today = datetime.fromtimestamp(now, UTC).date()
         counter = f"sms_spend:{today.isoformat()}"
         amount = _micros(self.price(target.country))
-        added, total = await self.store.capped_add(
-            counter, amount, _micros(cfg.daily_budget), BUDGET_TTL
-        )
+        try:
+            added, total = await self.store.capped_add(
+                counter, amount, _micros(cfg.daily_budget), BUDGET_TTL
+            )
+        except StoreDegradedError:
+            # The store serves from its local fallback, and the budget is shared by every
+            # instance: refuse rather than spend it blind.
+            log.warning(
+                "sms.budget_unavailable", to=mask_phone(target.e164), country=target.country
+            )
+            self.metrics.sms_blocked.labels("budget_unavailable").inc()
+            raise SmsBlockedError(
+                "the daily SMS budget cannot be checked now; try again later",
+                reason="budget_unavailable",
+                retry_after=BUDGET_UNAVAILABLE_RETRY,
+            ) from None
         self.metrics.sms_spend.set(total / MICROS)
         if added:
             return Charge(counter, amount)
@@ -175,7 +192,12 @@ class SmsGuard:
 
     async def refund(self, charge: Charge) -> None:
         """Take back a charge whose SMS was not sent after all."""
-        _, total = await self.store.capped_add(
-            charge.counter, -charge.micros, _micros(self.config.daily_budget), BUDGET_TTL
-        )
+        try:
+            _, total = await self.store.capped_add(
+                charge.counter, -charge.micros, _micros(self.config.daily_budget), BUDGET_TTL
+            )
+        except StoreDegradedError:
+            # the refusal stands either way; the budget only stays a little stricter today
+            log.warning("sms.budget_not_refunded", micros=charge.micros)
+            return
         self.metrics.sms_spend.set(total / MICROS)

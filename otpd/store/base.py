@@ -18,6 +18,8 @@ __all__ = [
     "TOKEN_FIELDS",
     "Bucket",
     "BucketKind",
+    "Claim",
+    "ClaimState",
     "Limit",
     "LimitExceeded",
     "OtpRecord",
@@ -155,6 +157,57 @@ class TokenOutcome:
     user_id: str = ""
 
 
+class ClaimState(enum.StrEnum):
+    """What :meth:`Store.claim` found under a name."""
+
+    CLAIMED = "claimed"
+    """Nothing: the caller holds the claim now and must settle or release it."""
+    PENDING = "pending"
+    """Another request holds the claim and has not settled it yet."""
+    SETTLED = "settled"
+    """A request settled the claim: ``value`` is what it kept."""
+
+
+_PENDING = "pending:"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The answer of :meth:`Store.claim`. ``fingerprint`` is the one stored with the
+    claim (PENDING, SETTLED), ``value`` the settled value (SETTLED).
+
+    Backends keep a claim as one string (``pending:<fingerprint>``, then
+    ``<fingerprint>:<value>``), so that one ``SET NX`` claims it atomically; these helpers
+    are that encoding, shared by the built-in backends.
+    """
+
+    state: ClaimState
+    fingerprint: str = ""
+    value: str = ""
+
+    @staticmethod
+    def pending(fingerprint: str) -> str:
+        if not fingerprint or ":" in fingerprint:
+            raise ValueError("a claim fingerprint is a non-empty string without ':'")
+        return _PENDING + fingerprint
+
+    @staticmethod
+    def settled(fingerprint: str, value: str) -> str:
+        if not fingerprint or ":" in fingerprint:
+            raise ValueError("a claim fingerprint is a non-empty string without ':'")
+        return f"{fingerprint}:{value}"
+
+    @classmethod
+    def stored(cls, raw: str | None) -> Claim:
+        """The claim a backend found (``None``: nothing, so the caller now holds it)."""
+        if raw is None:
+            return cls(ClaimState.CLAIMED)
+        if raw.startswith(_PENDING):
+            return cls(ClaimState.PENDING, raw.removeprefix(_PENDING))
+        fingerprint, _, value = raw.partition(":")
+        return cls(ClaimState.SETTLED, fingerprint, value)
+
+
 class Store(Protocol):
     """Atomic operations on codes, tokens, limits and task records.
 
@@ -222,6 +275,15 @@ class Store(Protocol):
 
     async def get_task(self, task_id: str) -> TaskRecord | None: ...
 
-    async def remember(self, scope: str, ref: str, value: str, ttl: int) -> str | None:
-        """Keep ``value`` under ``(scope, ref)`` unless something is kept there already;
-        return the value kept before if so."""
+    async def claim(self, scope: str, ref: str, fingerprint: str, ttl: int) -> Claim:
+        """Claim ``(scope, ref)`` for ``ttl`` seconds for a request whose payload hashes to
+        ``fingerprint``, unless it is claimed or settled already: atomically, so of many
+        concurrent callers exactly one gets CLAIMED. Otherwise return what is there."""
+
+    async def settle(self, scope: str, ref: str, fingerprint: str, value: str, ttl: int) -> None:
+        """Replace the caller's claim (same ``fingerprint``, still pending) with ``value``,
+        kept ``ttl`` seconds; do nothing if the claim is no longer the caller's."""
+
+    async def release(self, scope: str, ref: str, fingerprint: str) -> None:
+        """Drop the caller's pending claim so that the next request can claim it; do
+        nothing if it is settled or no longer the caller's."""

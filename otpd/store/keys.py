@@ -7,14 +7,20 @@ hash of them.
 
 from __future__ import annotations
 
+import zlib
+
 from otpd.store.base import Bucket
 
 __all__ = ["KeyLayout"]
 
 
 class KeyLayout:
-    def __init__(self, prefix: str) -> None:
+    """``partitions`` is the number of delivery queue partitions: a task record shares
+    the hash tag of its partition (``{q:<n>}``), so a script can change both at once."""
+
+    def __init__(self, prefix: str, partitions: int = 16) -> None:
         self.prefix = prefix
+        self.partitions = partitions
 
     def otp(self, user_id: str, purpose: str) -> str:
         return f"{self.prefix}otp:{{u:{user_id}}}:{purpose}"
@@ -23,8 +29,23 @@ class KeyLayout:
         action = f":{bucket.action}" if bucket.action else ""
         return f"{self.prefix}rl:{{{bucket.kind.value}:{bucket.subject}}}{action}:{window}"
 
+    def partition(self, task_id: str) -> int:
+        return zlib.crc32(task_id.encode()) % self.partitions
+
     def task(self, task_id: str) -> str:
-        return f"{self.prefix}task:{{t:{task_id}}}"
+        return f"{self.prefix}task:{{q:{self.partition(task_id)}}}:{task_id}"
+
+    def ready(self, partition: int) -> str:
+        """The stream of tasks ready for a worker (one consumer group reads it)."""
+        return f"{self.prefix}q:{{q:{partition}}}:ready"
+
+    def delayed(self, partition: int) -> str:
+        """Task ids waiting for a retry, scored by when they are due (ms)."""
+        return f"{self.prefix}q:{{q:{partition}}}:delayed"
+
+    def dead(self, partition: int) -> str:
+        """The dead-letter stream of the partition."""
+        return f"{self.prefix}q:{{q:{partition}}}:dead"
 
     def remembered(self, scope: str, ref: str) -> str:
         return f"{self.prefix}idem:{{i:{scope}:{ref}}}"

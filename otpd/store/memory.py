@@ -23,6 +23,7 @@ from otpd.clock import Clock, SystemClock
 from otpd.errors import UnavailableError
 from otpd.models import TaskRecord, VerifyReason, VerifyResult
 from otpd.store.base import (
+    Claim,
     Limit,
     LimitExceeded,
     OtpRecord,
@@ -115,7 +116,29 @@ class MemoryStore:
             self._queued = dict(self._queued)
         return freed
 
+    # ------------------------------------------------------------------ for a fallback
+
+    def forget_otp(self, user_id: str, purpose: str) -> None:
+        """Drop the code of ``(user_id, purpose)``: another store issued a newer one."""
+        self._forget(self._keys.otp(user_id, purpose))
+
+    def forget_token(self, owner_ref: str, purpose: str) -> None:
+        """Drop the token of ``(owner_ref, purpose)``: another store issued a newer one."""
+        self._forget(self._keys.token(owner_ref, purpose))
+
+    def holds_task(self, task_id: str) -> bool:
+        """Whether this store keeps a live record of ``task_id``."""
+        return self._get(self._keys.task(task_id), TaskRecord) is not None
+
+    def forget_task(self, task_id: str) -> None:
+        """Drop the record of ``task_id``: another store keeps it from now on."""
+        self._forget(self._keys.task(task_id))
+
     # ------------------------------------------------------------------ plumbing
+
+    def _forget(self, key: str) -> None:
+        if key in self._data:
+            self._delete(key)
 
     def _get(self, key: str, kind: type[T], now: float | None = None) -> T | None:
         value = self._data.get(key)
@@ -315,10 +338,24 @@ class MemoryStore:
         self._done()
         return None if rec is None else dataclasses.replace(rec)
 
-    async def remember(self, scope: str, ref: str, value: str, ttl: int) -> str | None:
+    # ------------------------------------------------------------------ claims
+
+    async def claim(self, scope: str, ref: str, fingerprint: str, ttl: int) -> Claim:
         key = self._keys.remembered(scope, ref)
         existing = self._get(key, str)
         if existing is None:
-            self._set(key, value, self._clock.time() + ttl)
+            self._set(key, Claim.pending(fingerprint), self._clock.time() + ttl)
         self._done()
-        return existing
+        return Claim.stored(existing)
+
+    async def settle(self, scope: str, ref: str, fingerprint: str, value: str, ttl: int) -> None:
+        key = self._keys.remembered(scope, ref)
+        if self._get(key, str) == Claim.pending(fingerprint):
+            self._set(key, Claim.settled(fingerprint, value), self._clock.time() + ttl)
+        self._done()
+
+    async def release(self, scope: str, ref: str, fingerprint: str) -> None:
+        key = self._keys.remembered(scope, ref)
+        if self._get(key, str) == Claim.pending(fingerprint):
+            self._delete(key)
+        self._done()

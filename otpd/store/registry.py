@@ -20,6 +20,7 @@ class StoreDeps:
 
     clock: Clock
     metrics: Metrics
+    partitions: int = 16  # dispatch.partitions: how task keys are grouped
 
 
 StoreFactory = Callable[[StoreConfig, StoreDeps], Store]
@@ -35,7 +36,7 @@ def _redis(config: StoreConfig, deps: StoreDeps) -> Store:
     # imported here so the dev daemon never loads redis-py
     from otpd.store.redis import RedisStore
 
-    return RedisStore(config, metrics=deps.metrics)
+    return RedisStore(config, metrics=deps.metrics, partitions=deps.partitions)
 
 
 _BACKENDS: dict[str, StoreFactory] = {"memory": _memory, "redis": _redis}
@@ -51,9 +52,18 @@ def backends() -> list[str]:
 
 
 def create_store(name: str, config: StoreConfig, deps: StoreDeps) -> Store:
-    """A new, unopened store of backend ``name`` (``async with`` it to connect)."""
+    """A new, unopened store of backend ``name`` (``async with`` it to connect); with
+    ``store.fallback = "memory"``, wrapped in a
+    :class:`~otpd.store.fallback.FallbackStore` that serves while it is unreachable."""
     try:
         factory = _BACKENDS[name]
     except KeyError:
         raise LookupError(f"no store backend {name!r} (known: {backends()})") from None
-    return factory(config, deps)
+    store = factory(config, deps)
+    if config.fallback == "memory" and name != "memory":
+        from otpd.store.fallback import FallbackStore
+        from otpd.store.memory import MemoryStore
+
+        local = MemoryStore(key_prefix=config.key_prefix, clock=deps.clock)
+        return FallbackStore(store, local, clock=deps.clock, metrics=deps.metrics)
+    return store

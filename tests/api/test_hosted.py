@@ -469,7 +469,12 @@ def test_hosted_mode_needs_absolute_success_and_failure_urls(
 def test_production_needs_https_links_and_landing_pages() -> None:
     base = {
         "server": {"env": "production"},
-        "security": {"secret_key": "s" * 40},
+        "security": {
+            "secret_key": "s" * 40,
+            "encryption_keys": [
+                {"id": "k1", "key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}
+            ],
+        },
         "auth": {"keys": [{"name": "web", "sha256": "0" * 64}]},
         "store": {"backend": "redis"},
         "email": {"providers": ["smtp"]},

@@ -586,6 +586,7 @@ async def test_task_record_has_the_documented_fields_and_reaches_sent(
         "attempts",
         "provider",
         "last_error",
+        "provider_message_id",
         "created_at",
         "updated_at",
     }

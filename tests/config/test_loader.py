@@ -234,7 +234,12 @@ def test_config_error_details_carry_the_key() -> None:
 def production(**overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
     data: dict[str, dict[str, Any]] = {
         "server": {"env": "production", "host": "0.0.0.0"},  # noqa: S104
-        "security": {"secret_key": SECRET},
+        "security": {
+            "secret_key": SECRET,
+            "encryption_keys": [
+                {"id": "k1", "key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}
+            ],
+        },
         "auth": {"keys": [{"name": "web", "sha256": DIGEST}]},
         "store": {"backend": "redis"},
         "links": {"base_url": "https://app.example.com"},

@@ -7,6 +7,7 @@ from otpd.config import Config
 from otpd.crypto import Hasher
 from otpd.dispatch import Dispatcher
 from otpd.metrics import Metrics
+from otpd.sealing import Keyring
 from otpd.services.deps import ServiceDeps
 from otpd.services.limits import LimitPolicy
 from otpd.store import Store
@@ -26,4 +27,5 @@ def service_deps(config: Config, store: Store, clock: Clock) -> ServiceDeps:
         clock=clock,
         metrics=metrics,
         limits=LimitPolicy(config, hasher, metrics),
+        keyring=Keyring.from_secret(TEST_SECRET.encode()),
     )

@@ -189,10 +189,14 @@ async def test_no_log_line_contains_the_code(otpd: Otpd) -> None:
     assert any(entry["event"] == "audit.otp_verified" for entry in logs)
 
 
-async def test_full_cycle_runs_without_threads(make_config: ConfigFactory) -> None:
+@pytest.mark.parametrize("backend", ["memory", "redis"])  # redis: the durable queue too
+async def test_full_cycle_runs_without_threads(make_config: ConfigFactory, backend: str) -> None:
     assert threading.active_count() == 1, [t.name for t in threading.enumerate()]
-    async with Otpd(make_config("memory")) as daemon:
+    async with Otpd(make_config(backend)) as daemon:
         from tests.conftest import open_client
+
+        queue = type(daemon.dispatcher.queue).__name__
+        assert queue == ("DurableQueue" if backend == "redis" else "InProcessQueue")
 
         client = await open_client(daemon)
         try:

@@ -16,6 +16,7 @@ from otpd.config import LinksConfig, TokensConfig
 from otpd.crypto import new_id
 from otpd.errors import InvalidTokenError
 from otpd.models import Channel, Message
+from otpd.sealing import SealError
 from otpd.services.deps import ServiceDeps
 from otpd.services.links.tokens import LinkTokens
 from otpd.services.links.urls import RESET, VERIFY, LinkUrls
@@ -131,14 +132,22 @@ class LinkService:
         }
         rendered = await deps.renderer.render_email(req.template, context, req.locale)
         message = Message(
-            Channel.EMAIL, req.email, rendered.text, rendered.subject, rendered.html, req.template
+            Channel.EMAIL,
+            req.email,
+            rendered.text,
+            rendered.subject,
+            rendered.html,
+            req.template,
+            expires_at=now + ttl,
         )
+        token_id = new_id("tok")
         record = TokenRecord(
-            token_id=new_id("tok"),
+            token_id=token_id,
             token_hash=self.tokens.hash(req.purpose, token),
             purpose=req.purpose,
             user_id=req.user_id,
-            email=req.email,
+            # the address is kept sealed: a Redis dump shows no one's email
+            email=deps.keyring.seal(req.email.encode(), f"token:{token_id}"),
             created_at=now,
             expires_at=now + ttl,
             client_ip=req.client_ip or "",
@@ -147,6 +156,7 @@ class LinkService:
         refused = await deps.store.issue_token(owner_ref, record, limits, now)
         if refused is not None:
             deps.limits.count(refused, req.purpose)
+            deps.limits.record_refusal([message], refused)
             log.info(
                 f"audit.{req.purpose}_rate_limited",
                 user_id=req.user_id,
@@ -277,7 +287,16 @@ class LinkService:
             token_id=rec.token_id,
             user_id=rec.user_id,
         )
-        return TokenOwner(rec.user_id, rec.email, rec.expires_at)
+        return TokenOwner(rec.user_id, self._email_of(rec), rec.expires_at)
+
+    def _email_of(self, record: TokenRecord) -> str:
+        try:
+            return self.deps.keyring.open(record.email, f"token:{record.token_id}").decode()
+        except SealError:
+            if "@" in record.email:
+                return record.email  # stored by a release that kept it in clear
+            log.warning("link.token_unreadable", token_id=record.token_id)
+            raise InvalidTokenError() from None
 
     async def confirm_verification(self, token: str) -> TokenOwner:
         """Consume a verification token; :class:`InvalidTokenError` unless it is live."""

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import Sentinel
 from redis.commands.core import AsyncScript
+from redis.crc import key_slot
 
 from otpd.config import StoreConfig
+from otpd.config.sections import sentinel_addresses
 from otpd.errors import UnavailableError
 from otpd.metrics import Metrics
 from otpd.models import Channel, TaskRecord, TaskStatus, VerifyReason, VerifyResult
 from otpd.store.base import (
     TOKEN_FIELDS,
+    Claim,
     Limit,
     LimitExceeded,
     OtpRecord,
@@ -26,13 +35,32 @@ from otpd.store.base import (
     VerifyOutcome,
 )
 from otpd.store.keys import KeyLayout
-from otpd.store.redis.errors import StoreHealth, error_kind
+from otpd.store.redis.errors import StoreHealth, error_kind, failure_reason, masked_url
 
-__all__ = ["RedisStore", "load_script"]
+__all__ = ["RedisStore", "load_script", "parse_task", "task_fields"]
 
 T = TypeVar("T")
 
-_SCRIPTS = ("put_limited", "verify_otp", "hit_limits", "capped_add", "use_token")
+_SCRIPTS = (
+    "put_limited",
+    "verify_otp",
+    "hit_limits",
+    "capped_add",
+    "use_token",
+    "reserve_limits",
+    "release_limits",
+    "settle_claim",
+    # the durable delivery queue (otpd.store.redis.streams)
+    "task_put",
+    "task_enqueue",
+    "task_update",
+    "task_start",
+    "task_ack",
+    "task_finish",
+    "task_retry",
+    "task_promote",
+    "task_replay",
+)
 
 # The fields of multi-value script replies, named once here (the scripts say the same).
 _LIMITS_REPLY = ("allowed", "index", "retry_ms")  # limits.lua, put_limited, hit_limits
@@ -43,50 +71,101 @@ def _reply(names: tuple[str, ...], values: Sequence[Any]) -> dict[str, Any]:
     return dict(zip(names, values, strict=False))
 
 
-def load_script(name: str) -> str:
-    """The source of a Lua script with the shared limits prelude in front of it."""
+def load_script(name: str, *, shebang: bool = False) -> str:
+    """The source of a Lua script with the shared limits prelude in front of it.
+
+    With ``shebang`` (Redis 7+) the script declares itself: Redis then refuses a writing
+    script up front when it is out of memory, instead of letting it write past
+    ``maxmemory`` once its first command wrote (what a script without flags may do).
+    """
     lua = resources.files("otpd.store.redis") / "lua"
-    return (lua / "limits.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+    source = (lua / "limits.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+    return "#!lua\n" + source if shebang else source
 
 
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
+def task_mutable(record: TaskRecord) -> dict[str, Any]:
+    """The fields of a task record that change as it moves on."""
+    return {
+        "status": record.status.value,
+        "attempts": record.attempts,
+        "provider": record.provider,
+        "provider_message_id": record.provider_message_id,
+        "last_error": record.last_error,
+        "updated_at": record.updated_at,
+    }
+
+
+def task_fields(record: TaskRecord) -> dict[str, Any]:
+    """Every stored field of a task record (the hash the task key holds)."""
+    return {
+        "task_id": record.task_id,
+        "channel": record.channel.value,
+        "tag": record.tag,
+        "created_at": record.created_at,
+        **task_mutable(record),
+    }
+
+
+def parse_task(raw: Mapping[str, str]) -> TaskRecord | None:
+    """The record of a stored hash; None when it is gone or not a task."""
+    if not raw or "channel" not in raw:
+        return None
+    return TaskRecord(
+        task_id=raw["task_id"],
+        channel=Channel(raw["channel"]),
+        status=TaskStatus(raw["status"]),
+        tag=raw.get("tag", ""),
+        created_at=float(raw["created_at"]),
+        updated_at=float(raw["updated_at"]),
+        attempts=int(raw["attempts"]),
+        provider=raw.get("provider", ""),
+        last_error=raw.get("last_error", ""),
+        provider_message_id=raw.get("provider_message_id", ""),
+    )
+
+
 class RedisStore:
     """The production store. Open with ``async with RedisStore(config) as store``."""
 
-    def __init__(self, config: StoreConfig, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, config: StoreConfig, *, metrics: Metrics | None = None, partitions: int = 16
+    ) -> None:
         self.config = config
-        self.layout = KeyLayout(config.key_prefix)  # public for tools and tests
+        self.layout = KeyLayout(config.key_prefix, partitions)  # public for tools and tests
         self._health = StoreHealth(metrics or Metrics())
         self._redis: aioredis.Redis | None = None
+        self._sentinels: list[aioredis.Redis] = []  # the clients that ask where the master is
         self._scripts: dict[str, AsyncScript] = {}
 
     async def __aenter__(self) -> Self:
         if self._redis is not None:
             raise RuntimeError("RedisStore is already open")
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.config.redis_url,
-            max_connections=self.config.max_connections,
-            timeout=self.config.pool_timeout_seconds,
-            socket_timeout=self.config.socket_timeout_seconds,
-            socket_connect_timeout=self.config.socket_timeout_seconds,
-            decode_responses=True,
-        )
-        self._redis = aioredis.Redis(connection_pool=pool)
+        self._redis = self._client()
 
         async def load() -> None:
             assert self._redis is not None
             await self._redis.ping()
+            shebang = await self._knows_shebangs()
             for name in _SCRIPTS:
-                script = self._redis.register_script(load_script(name))
+                script = self._redis.register_script(load_script(name, shebang=shebang))
                 # Loaded once here so every later call is a single EVALSHA.
                 await self._redis.script_load(script.script)
                 self._scripts[name] = script
 
         try:
-            await self._call("open", load)
+            await self.call("open", load)
+        except UnavailableError as exc:
+            await self.aclose()
+            # the one line `otpd serve` prints: which store, and why it cannot be reached
+            cause = exc.__cause__ or exc
+            where = masked_url(self.config.redis_url)
+            raise UnavailableError(
+                f"cannot reach the store at {where}: {failure_reason(cause)}"
+            ) from cause
         except BaseException:
             await self.aclose()
             raise
@@ -100,10 +179,74 @@ class RedisStore:
     ) -> None:
         await self.aclose()
 
+    async def _knows_shebangs(self) -> bool:
+        """Whether the server reads script flags (Redis 7+); older ones run plain scripts."""
+        assert self._redis is not None
+        try:
+            await self._redis.script_load("#!lua\nreturn 1")
+        except redis_errors.ResponseError:
+            return False
+        return True
+
+    @property
+    def cluster(self) -> bool:
+        """Keys live on several nodes: every script must stay within one slot."""
+        return self.config.mode == "cluster"
+
+    def _client(self) -> aioredis.Redis:
+        """The client for ``store.mode``; each one retries MOVED/ASK and follows a failover
+        by itself, and every error left over is mapped in :meth:`call`."""
+        cfg = self.config
+        common: dict[str, Any] = {
+            "socket_timeout": cfg.socket_timeout_seconds,
+            "socket_connect_timeout": cfg.socket_timeout_seconds,
+            "decode_responses": True,
+        }
+        if cfg.mode == "cluster":
+            cluster = RedisCluster.from_url(
+                cfg.redis_url, max_connections=cfg.max_connections, **common
+            )
+            # one client type for the callers: the cluster client speaks the same commands
+            return cast(aioredis.Redis, cluster)
+        if cfg.mode == "sentinel":
+            url = urlsplit(cfg.redis_url)
+            db = int(url.path.strip("/") or 0)
+            sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                sentinel_addresses(cfg.sentinel_urls),
+                sentinel_kwargs={
+                    "socket_timeout": cfg.socket_timeout_seconds,
+                    "socket_connect_timeout": cfg.socket_timeout_seconds,
+                },
+                **common,
+            )
+            self._sentinels = list(sentinel.sentinels)
+            client = sentinel.master_for(
+                cfg.sentinel_service,
+                db=db,
+                username=url.username,
+                password=url.password,
+                ssl=url.scheme == "rediss",
+                max_connections=cfg.max_connections,
+            )
+            return cast(aioredis.Redis, client)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            cfg.redis_url,
+            max_connections=cfg.max_connections,
+            timeout=cfg.pool_timeout_seconds,
+            **common,
+        )
+        return aioredis.Redis(connection_pool=pool)
+
     async def aclose(self) -> None:
         if self._redis is not None:
             redis, self._redis = self._redis, None
-            await redis.aclose(close_connection_pool=True)
+            if isinstance(redis, RedisCluster):
+                await redis.aclose()
+            else:
+                await redis.aclose(close_connection_pool=True)
+            sentinels, self._sentinels = self._sentinels, []
+            for client in sentinels:
+                await client.aclose()
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -111,7 +254,7 @@ class RedisStore:
             raise UnavailableError("the store is not open")
         return self._redis
 
-    async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run one store operation; every redis-py failure becomes UnavailableError."""
         try:
             result = await fn()
@@ -120,13 +263,28 @@ class RedisStore:
             if kind is None:
                 raise
             self._health.failed(op, kind, exc)
+            if kind == "connection":
+                await self._drop_idle_connections()
             raise UnavailableError("the store is unavailable") from exc
         self._health.answered()
         return result
 
-    async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        script = self._scripts[name]
-        return await self._call(name, lambda: script(keys=list(keys), args=list(args)))
+    async def _drop_idle_connections(self) -> None:
+        """A lost connection means the idle pooled ones are most likely dead too (a
+        restarted server): close them, so that each does not fail one more call once the
+        server is back. A cluster client looks after its nodes' connections itself."""
+        client = self._redis
+        if client is None or isinstance(client, RedisCluster):
+            return
+        with contextlib.suppress(Exception):  # closing what is broken may fail too
+            await client.connection_pool.disconnect(inuse_connections=False)
+
+    async def script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        script = self._scripts.get(name)
+        if script is None:
+            # never opened (a fallback serves until it does) or closed
+            raise UnavailableError("the store is not open")
+        return await self.call(name, lambda: script(keys=list(keys), args=list(args)))
 
     def _limit_args(self, limits: Sequence[Limit]) -> tuple[list[str], list[int | str]]:
         keys = [self.layout.limit(lim.bucket, lim.window) for lim in limits]
@@ -146,7 +304,7 @@ class RedisStore:
     # ------------------------------------------------------------------ health
 
     async def ping(self) -> None:
-        await self._call("ping", self.redis.ping)
+        await self.call("ping", self.redis.ping)
 
     # ------------------------------------------------------------------ codes
 
@@ -166,11 +324,94 @@ class RedisStore:
         limits: Sequence[Limit],
         now: float,
     ) -> LimitExceeded | None:
-        """Replace the hash at ``key`` with ``fields`` if every limit allows; one trip."""
+        """Replace the hash at ``key`` with ``fields`` if every limit allows; one trip (on
+        a cluster, one per slot the limits touch: see :meth:`_reserve_elsewhere`)."""
+        if self.cluster:
+            home, away = self._split(key_slot(key.encode()), limits)
+            held, refused = await self._reserve_elsewhere(away, member, now)
+            if refused is not None:
+                return refused
+            refused = await self._put_limited_here(key, fields, member, expires_at, home, now)
+            if refused is not None:
+                await self._release(held, member)
+            return refused
+        return await self._put_limited_here(key, fields, member, expires_at, limits, now)
+
+    def _split(
+        self, slot: int | None, limits: Sequence[Limit]
+    ) -> tuple[list[Limit], dict[int, list[Limit]]]:
+        """The limits on ``slot``, and the others grouped by their slot."""
+        home: list[Limit] = []
+        away: dict[int, list[Limit]] = {}
+        for lim in limits:
+            s = key_slot(self.layout.limit(lim.bucket, lim.window).encode())
+            if s == slot:
+                home.append(lim)
+            else:
+                away.setdefault(s, []).append(lim)
+        return home, away
+
+    async def _reserve_elsewhere(
+        self, away: dict[int, list[Limit]], member: str, now: float
+    ) -> tuple[list[tuple[list[Limit], list[Any]]], LimitExceeded | None]:
+        """Count ``member`` on the limits of every other slot, all slots at once. When any
+        refuses, give back what the others counted, so that a refused request consumes no
+        limit's allowance. (A crash between the two steps can over-count by the requests in
+        flight; it never under-counts.)"""
+        groups = list(away.values())
+        replies = await asyncio.gather(
+            *(self._reserve(group, member, now) for group in groups), return_exceptions=True
+        )
+        held: list[tuple[list[Limit], list[Any]]] = []
+        refused: LimitExceeded | None = None
+        failure: BaseException | None = None
+        for group, reply in zip(groups, replies, strict=True):
+            if isinstance(reply, BaseException):
+                failure = failure or reply
+            elif int(reply[0]) == 1:
+                held.append((group, list(reply[1:])))
+            else:
+                found = self._refusal(group, reply)
+                if found is not None and (
+                    refused is None or found.retry_after > refused.retry_after
+                ):
+                    refused = found
+        if failure is not None or refused is not None:
+            await self._release(held, member)
+            if failure is not None:
+                raise failure
+        return held, refused
+
+    async def _reserve(self, group: list[Limit], member: str, now: float) -> Any:
+        keys, args = self._limit_args(group)
+        return await self.script("reserve_limits", keys, [_ms(now), member, len(group), *args])
+
+    async def _release(self, held: list[tuple[list[Limit], list[Any]]], member: str) -> None:
+        """Give back reservations: drop the hits, restore what a distinct limit knew."""
+        if not held:
+            return
+
+        async def release(group: list[Limit], before: list[Any]) -> None:
+            keys, args = self._limit_args(group)
+            await self.script("release_limits", keys, [member, len(group), *args, *before])
+
+        await asyncio.gather(
+            *(release(group, before) for group, before in held), return_exceptions=True
+        )
+
+    async def _put_limited_here(
+        self,
+        key: str,
+        fields: dict[str, Any],
+        member: str,
+        expires_at: float,
+        limits: Sequence[Limit],
+        now: float,
+    ) -> LimitExceeded | None:
         limit_keys, limit_args = self._limit_args(limits)
         flat: list[Any] = [part for item in fields.items() for part in item]
         ttl = max(1, _ms(expires_at - now))
-        reply = await self._script(
+        reply = await self.script(
             "put_limited",
             [key, *limit_keys],
             [_ms(now), ttl, member, len(limits), *limit_args, *flat],
@@ -182,7 +423,7 @@ class RedisStore:
     ) -> VerifyOutcome:
         # expires_at is stored in seconds; compare in the same unit
         key = self.layout.otp(user_id, purpose)
-        reply = _reply(_VERIFY_REPLY, await self._script("verify_otp", [key], [code_hash, now]))
+        reply = _reply(_VERIFY_REPLY, await self.script("verify_otp", [key], [code_hash, now]))
         ids = (reply["otp_id"], reply["channel"])
         if reply["reason"] == "ok":
             return VerifyOutcome(VerifyResult(True), *ids)
@@ -203,7 +444,7 @@ class RedisStore:
     ) -> TokenOutcome:
         # expires_at is stored in seconds; compare in the same unit
         key = self.layout.token(owner_ref, purpose)
-        reply = await self._script(
+        reply = await self.script(
             "use_token", [key], [token_hash, now, purpose, 1 if consume else 0, *TOKEN_FIELDS]
         )
         check = TokenCheck(reply[0])
@@ -224,75 +465,56 @@ class RedisStore:
     ) -> LimitExceeded | None:
         if not limits:
             return None
+        if self.cluster:
+            _, away = self._split(None, limits)
+            if len(away) > 1:
+                _, refused = await self._reserve_elsewhere(away, member, now)
+                return refused
         keys, args = self._limit_args(limits)
-        reply = await self._script("hit_limits", keys, [_ms(now), member, len(limits), *args])
+        reply = await self.script("hit_limits", keys, [_ms(now), member, len(limits), *args])
         return self._refusal(limits, reply)
 
     async def capped_add(
         self, counter: str, amount: float, cap: float, ttl: int
     ) -> tuple[bool, float]:
         key = self.layout.counter(counter)
-        added, total = await self._script("capped_add", [key], [amount, cap, ttl])
+        added, total = await self.script("capped_add", [key], [amount, cap, ttl])
         return int(added) == 1, float(total)
 
     # ------------------------------------------------------------------ tasks
 
     async def put_task(self, record: TaskRecord, ttl: int) -> None:
-        key = self.layout.task(record.task_id)
-        mapping: dict[Any, Any] = {
-            "task_id": record.task_id,
-            "channel": record.channel.value,
-            "tag": record.tag,
-            "created_at": record.created_at,
-            **self._task_mutable(record),
-        }
-
-        async def put() -> None:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                # pipeline commands only queue; execute() sends them in one round trip
-                _ = pipe.hset(key, mapping=mapping)
-                _ = pipe.expire(key, ttl)
-                await pipe.execute()
-
-        await self._call("put_task", put)
+        flat = [part for item in task_fields(record).items() for part in item]
+        await self.script("task_put", [self.layout.task(record.task_id)], [ttl, *flat])
 
     async def update_task(self, record: TaskRecord) -> None:
-        key = self.layout.task(record.task_id)
-        mapping = self._task_mutable(record)
-        await self._call("update_task", lambda: self.redis.hset(key, mapping=mapping))
+        # a script, so that a record which expired meanwhile is not recreated without a TTL
+        flat = [part for item in task_mutable(record).items() for part in item]
+        await self.script("task_update", [self.layout.task(record.task_id)], flat)
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
         key = self.layout.task(task_id)
-        raw = cast(dict[str, str], await self._call("get_task", lambda: self.redis.hgetall(key)))
-        if not raw or "channel" not in raw:
-            return None
-        return TaskRecord(
-            task_id=raw["task_id"],
-            channel=Channel(raw["channel"]),
-            status=TaskStatus(raw["status"]),
-            tag=raw.get("tag", ""),
-            created_at=float(raw["created_at"]),
-            updated_at=float(raw["updated_at"]),
-            attempts=int(raw["attempts"]),
-            provider=raw.get("provider", ""),
-            last_error=raw.get("last_error", ""),
-        )
+        raw = cast(dict[str, str], await self.call("get_task", lambda: self.redis.hgetall(key)))
+        return parse_task(raw)
 
-    @staticmethod
-    def _task_mutable(record: TaskRecord) -> dict[Any, Any]:
-        return {
-            "status": record.status.value,
-            "attempts": record.attempts,
-            "provider": record.provider,
-            "last_error": record.last_error,
-            "updated_at": record.updated_at,
-        }
+    # ------------------------------------------------------------------ claims
 
-    # ------------------------------------------------------------------ idempotency
-
-    async def remember(self, scope: str, ref: str, value: str, ttl: int) -> str | None:
+    async def claim(self, scope: str, ref: str, fingerprint: str, ttl: int) -> Claim:
         key = self.layout.remembered(scope, ref)
-        existing = await self._call(
-            "remember", lambda: self.redis.set(key, value, nx=True, ex=ttl, get=True)
+        pending = Claim.pending(fingerprint)
+        # one command: set if absent, and the value that was there if not
+        existing = await self.call(
+            "claim", lambda: self.redis.set(key, pending, nx=True, ex=ttl, get=True)
         )
-        return cast(str | None, existing)
+        return Claim.stored(cast(str | None, existing))
+
+    async def settle(self, scope: str, ref: str, fingerprint: str, value: str, ttl: int) -> None:
+        if not value:
+            raise ValueError("a settled claim keeps a non-empty value")
+        key = self.layout.remembered(scope, ref)
+        args = [Claim.pending(fingerprint), Claim.settled(fingerprint, value), ttl]
+        await self.script("settle_claim", [key], args)
+
+    async def release(self, scope: str, ref: str, fingerprint: str) -> None:
+        key = self.layout.remembered(scope, ref)
+        await self.script("settle_claim", [key], [Claim.pending(fingerprint), "", 0])

@@ -1,0 +1,266 @@
+"""The durable delivery queue's Redis side: partitioned streams, one consumer group.
+
+Each partition ``n`` has a ready stream, a delayed set (retries, scored by when they are
+due) and a dead-letter stream, all under the hash tag ``{q:n}`` that the task records of
+that partition share, so every change below is one script on one slot. An entry only
+names its task; the task record holds the sealed message. Acknowledged entries are
+deleted at once, so a ready stream holds exactly the backlog and is never trimmed: no
+pending entry can be cut. Dead-letter streams are trimmed by age (``MINID``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from redis.exceptions import ResponseError
+
+from otpd.models import TaskRecord
+from otpd.store.redis.store import RedisStore, task_fields
+
+__all__ = ["GROUP", "DeadLetterEntry", "StreamEntry", "TaskStreams"]
+
+GROUP = "otpd"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEntry:
+    """One ready-stream entry handed to this consumer, with its task record as stored
+    (empty when the record is gone)."""
+
+    partition: int
+    entry_id: str
+    task_id: str
+    record: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterEntry:
+    task_id: str
+    channel: str
+    recipient: str
+    last_error: str
+    attempts: int
+    failed_at: float
+
+
+class TaskStreams:
+    """Atomic queue operations over the partitions of one :class:`RedisStore`."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self.layout = store.layout
+        self.partitions = tuple(range(store.layout.partitions))
+
+    async def create_groups(self) -> None:
+        """Create the consumer group on every partition (idempotent)."""
+
+        async def create() -> None:
+            for p in self.partitions:
+                try:
+                    await self.store.redis.xgroup_create(
+                        self.layout.ready(p), GROUP, id="0", mkstream=True
+                    )
+                except ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+
+        await self.store.call("create_groups", create)
+
+    async def enqueue(
+        self, record: TaskRecord, extra: Mapping[str, str], ttl: int, max_backlog: int
+    ) -> str | None:
+        """Write the record (with ``extra`` fields: the sealed body) and its entry; the
+        entry id, or None when the partition's backlog is full."""
+        p = self.layout.partition(record.task_id)
+        fields = {**task_fields(record), **extra}
+        flat = [part for item in fields.items() for part in item]
+        reply = await self.store.script(
+            "task_enqueue",
+            [self.layout.task(record.task_id), self.layout.ready(p)],
+            [record.task_id, ttl, max_backlog, *flat],
+        )
+        return cast(str | None, reply)
+
+    async def start(
+        self, consumer: str, task_id: str, entry_id: str, fields: Mapping[str, Any]
+    ) -> bool:
+        """Record an attempt if ``consumer`` still holds the entry (and keep holding it)."""
+        p = self.layout.partition(task_id)
+        flat = [part for item in fields.items() for part in item]
+        reply = await self.store.script(
+            "task_start",
+            [self.layout.task(task_id), self.layout.ready(p)],
+            [GROUP, consumer, entry_id, *flat],
+        )
+        return bool(reply)
+
+    async def update(self, task_id: str, fields: Mapping[str, Any]) -> bool:
+        flat = [part for item in fields.items() for part in item]
+        return bool(await self.store.script("task_update", [self.layout.task(task_id)], flat))
+
+    async def read(
+        self,
+        consumer: str,
+        partitions: Sequence[int],
+        count: int,
+        block_ms: int,
+        *,
+        pending: bool = False,
+    ) -> list[StreamEntry]:
+        """New entries for ``consumer`` (up to ``count`` per partition), waiting up to
+        ``block_ms`` for one; each with its record. With ``pending``, the entries already
+        delivered to ``consumer`` and not acknowledged instead (its own history, at once):
+        a read whose reply was lost with its connection left some there."""
+        since = "0" if pending else ">"
+        streams: dict[Any, Any] = {self.layout.ready(p): since for p in partitions}
+        by_key = {self.layout.ready(p): p for p in partitions}
+
+        async def read() -> Any:
+            return await self.store.redis.xreadgroup(
+                GROUP, consumer, streams, count=count, block=None if pending else block_ms
+            )
+
+        reply = await self.store.call("read_queue", read) or []
+        found = [
+            (by_key[key], entry_id, fields.get("t", ""))
+            for key, entries in reply
+            for entry_id, fields in entries
+            if fields is not None
+        ]
+        return await self._with_records(found)
+
+    async def claim(
+        self, consumer: str, partition: int, min_idle_ms: int, count: int
+    ) -> list[StreamEntry]:
+        """Entries pending longer than ``min_idle_ms`` with any consumer, now ours."""
+        key = self.layout.ready(partition)
+
+        async def claim() -> Any:
+            return await self.store.redis.xautoclaim(
+                key, GROUP, consumer, min_idle_ms, "0-0", count=count
+            )
+
+        reply = await self.store.call("claim_queue", claim)
+        found = [
+            (partition, entry_id, fields.get("t", ""))
+            for entry_id, fields in reply[1]
+            if fields is not None
+        ]
+        return await self._with_records(found)
+
+    async def _with_records(self, found: list[tuple[int, str, str]]) -> list[StreamEntry]:
+        if not found:
+            return []
+
+        async def records() -> list[Any]:
+            async with self.store.redis.pipeline(transaction=False) as pipe:
+                for _, _, task_id in found:
+                    _ = pipe.hgetall(self.layout.task(task_id))
+                return await pipe.execute()
+
+        raw = await self.store.call("read_tasks", records)
+        return [
+            StreamEntry(p, entry_id, task_id, rec or {})
+            for (p, entry_id, task_id), rec in zip(found, raw, strict=True)
+        ]
+
+    async def ack(self, partition: int, entry_id: str) -> None:
+        await self.store.script("task_ack", [self.layout.ready(partition)], [GROUP, entry_id])
+
+    async def finish(
+        self,
+        task_id: str,
+        entry_id: str,
+        fields: Mapping[str, Any],
+        dead_letter: Mapping[str, Any] | None,
+        *,
+        dead_ttl: int,
+        now_ms: int,
+    ) -> bool:
+        """Write the final status and acknowledge the entry together; a dead letter is
+        recorded when given. False when the record was gone."""
+        p = self.layout.partition(task_id)
+        flat = [part for item in fields.items() for part in item]
+        letter = [part for item in (dead_letter or {}).items() for part in item]
+        min_id = max(0, now_ms - dead_ttl * 1000)
+        reply = await self.store.script(
+            "task_finish",
+            [self.layout.task(task_id), self.layout.ready(p), self.layout.dead(p)],
+            [
+                GROUP,
+                entry_id,
+                1 if dead_letter is not None else 0,
+                dead_ttl,
+                f"{min_id}-0",
+                len(fields),
+                *flat,
+                *letter,
+            ],
+        )
+        return bool(reply)
+
+    async def retry(
+        self, task_id: str, entry_id: str, due_ms: int, fields: Mapping[str, Any]
+    ) -> bool:
+        """Write the record, acknowledge the entry and park the task until ``due_ms``."""
+        p = self.layout.partition(task_id)
+        flat = [part for item in fields.items() for part in item]
+        reply = await self.store.script(
+            "task_retry",
+            [self.layout.task(task_id), self.layout.ready(p), self.layout.delayed(p)],
+            [GROUP, entry_id, task_id, due_ms, *flat],
+        )
+        return bool(reply)
+
+    async def promote(self, partition: int, now_ms: int, at_most: int) -> int:
+        """Move due retries of ``partition`` back to its ready stream; how many moved."""
+        keys = [self.layout.ready(partition), self.layout.delayed(partition)]
+        return int(await self.store.script("task_promote", keys, [now_ms, at_most]))
+
+    async def replay(self, task_id: str, ttl: int, now: float) -> bool:
+        p = self.layout.partition(task_id)
+        keys = [self.layout.task(task_id), self.layout.ready(p), self.layout.dead(p)]
+        return bool(await self.store.script("task_replay", keys, [task_id, ttl, now]))
+
+    async def dead_letters(self, limit: int, since: float) -> list[DeadLetterEntry]:
+        """The newest dead letters of every partition, newest first, failed after
+        ``since``."""
+
+        async def newest() -> list[Any]:
+            async with self.store.redis.pipeline(transaction=False) as pipe:
+                for p in self.partitions:
+                    _ = pipe.xrevrange(self.layout.dead(p), count=limit)
+                return await pipe.execute()
+
+        letters: list[DeadLetterEntry] = []
+        for entries in await self.store.call("dead_letters", newest):
+            for _, fields in entries:
+                try:
+                    letter = DeadLetterEntry(
+                        task_id=fields["task_id"],
+                        channel=fields["channel"],
+                        recipient=fields.get("recipient", ""),
+                        last_error=fields.get("last_error", ""),
+                        attempts=int(fields.get("attempts", 0)),
+                        failed_at=float(fields["failed_at"]),
+                    )
+                except (KeyError, ValueError):
+                    continue
+                if letter.failed_at >= since:
+                    letters.append(letter)
+        letters.sort(key=lambda d: d.failed_at, reverse=True)
+        return letters
+
+    async def backlog(self) -> int:
+        """Entries ready or pending plus retries waiting, over every partition."""
+
+        async def count() -> list[Any]:
+            async with self.store.redis.pipeline(transaction=False) as pipe:
+                for p in self.partitions:
+                    _ = pipe.xlen(self.layout.ready(p))
+                    _ = pipe.zcard(self.layout.delayed(p))
+                return await pipe.execute()
+
+        return sum(int(n) for n in await self.store.call("backlog", count))
