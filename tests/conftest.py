@@ -28,6 +28,7 @@ from otpd.config import Config, load_config
 from otpd.store.base import Store
 from otpd.store.memory import MemoryStore
 from otpd.store.redis import RedisStore
+from tests.redis_topologies import ClusterSetup, SentinelSetup, redis_cluster, redis_sentinel
 
 TEST_SECRET = "test-secret-key-0123456789abcdef-0123456789"
 
@@ -88,10 +89,10 @@ def redis_binary() -> str:
 
 
 @contextlib.contextmanager
-def redis_server(workdir: Path, *options: str) -> Iterator[str]:
-    """A private redis-server on a free port with extra ``options``; yields its URL and
-    stops it on exit."""
-    port = free_port()
+def redis_server(workdir: Path, *options: str, port: int | None = None) -> Iterator[str]:
+    """A private redis-server on a free port (or ``port``, to start one again where a
+    stopped one listened) with extra ``options``; yields its URL and stops it on exit."""
+    port = port or free_port()
     proc = subprocess.Popen(
         [
             redis_binary(),
@@ -124,6 +125,42 @@ def redis_server(workdir: Path, *options: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:  # pragma: no cover
             proc.kill()
             proc.wait()
+
+
+class RestartableRedis:
+    """A private redis-server that a test stops and starts again on the same port, as an
+    outage does. Started with :meth:`start` (``options`` as for :func:`redis_server`;
+    without ``--appendonly yes`` it comes back empty)."""
+
+    def __init__(self, workdir: Path, *options: str) -> None:
+        self.workdir = workdir
+        self.options = options
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._running: contextlib.ExitStack | None = None
+
+    def start(self) -> None:
+        if self._running is not None:
+            raise RuntimeError("the redis-server is running")
+        stack = contextlib.ExitStack()
+        stack.enter_context(redis_server(self.workdir, *self.options, port=self.port))
+        self._running = stack
+
+    def stop(self) -> None:
+        if self._running is not None:
+            running, self._running = self._running, None
+            running.close()
+
+
+@pytest.fixture
+def restartable_redis(tmp_path: Path) -> Iterator[RestartableRedis]:
+    """A running :class:`RestartableRedis` of the test's own, stopped at the end."""
+    server = RestartableRedis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -298,3 +335,28 @@ async def moto(moto_url: str) -> Moto:
     server = Moto(moto_url)
     await server.reset()
     return server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSetup]:
+    """One Redis Cluster (3 primaries, 3 replicas) for the session, started on first use;
+    ``.seed_url`` is for ``RedisCluster.from_url``.
+
+    Shared by every test that asks for it, so a test leaves the topology as it found it and
+    keeps to its own keys (``key_prefix``). Tests that fail over or kill a node start their
+    own with ``with redis_cluster(tmp_path) as cluster:`` (tests.redis_topologies).
+    """
+    with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSetup]:
+    """One primary, one replica and three sentinels (service ``otpd``, quorum 2) for the
+    session, started on first use; ``.sentinel_urls`` / ``.sentinel_addresses`` reach them.
+
+    Shared like ``redis_cluster_env``: tests that fail over start their own with
+    ``with redis_sentinel(tmp_path) as sentinel:`` (tests.redis_topologies).
+    """
+    with redis_sentinel(tmp_path_factory.mktemp("redis-sentinel")) as sentinel:
+        yield sentinel
