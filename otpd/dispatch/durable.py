@@ -115,8 +115,18 @@ class DurableQueue:
         self._ready = asyncio.Queue()
         self._reading = True
         self._room.set()
+        # One read covers every partition on one node; on a cluster each partition is read
+        # on its own (a command may only name keys of one slot).
+        groups = (
+            [(p,) for p in self.streams.partitions]
+            if self.streams.store.cluster
+            else [self.streams.partitions]
+        )
         self._loops = [
-            asyncio.create_task(self._read_loop(), name="otpd-queue-reader"),
+            *(
+                asyncio.create_task(self._read_loop(group), name="otpd-queue-reader")
+                for group in groups
+            ),
             asyncio.create_task(self._claim_loop(), name="otpd-queue-claimer"),
             asyncio.create_task(self._promote_loop(), name="otpd-queue-promoter"),
         ]
@@ -495,8 +505,7 @@ class DurableQueue:
 
     # ------------------------------------------------------------------ background
 
-    async def _read_loop(self) -> None:
-        partitions = self.streams.partitions
+    async def _read_loop(self, partitions: tuple[int, ...]) -> None:
         backoff = _Backoff()
         reread = False
         while self._reading:
@@ -531,7 +540,7 @@ class DurableQueue:
                         log.info("queue.reread", entries=len(fresh))
                         await self._take(fresh)
                 continue
-            count = max(1, room // len(partitions))
+            count = max(1, room // len(self.streams.partitions))
             entries = await backoff.run(
                 functools.partial(
                     self.streams.read, self.consumer, partitions, count, self._block_ms

@@ -311,3 +311,39 @@ async def test_entries_waiting_in_a_live_daemons_buffer_are_never_sent_twice(
         await idle(d2, timeout=30)
     assert sorted(sends) == sorted(f"m{i}" for i in range(20))
     assert set(sends.values()) == {1}, sends
+
+
+async def test_the_durable_queue_delivers_on_a_redis_cluster(
+    redis_cluster_env: Any, key_prefix: str
+) -> None:
+    """Every partition is read on its own there, and each script touches one slot."""
+    config = load_config(
+        data={
+            "store": {
+                "backend": "redis",
+                "mode": "cluster",
+                "redis_url": redis_cluster_env.seed_url,
+                "key_prefix": key_prefix,
+            }
+        },
+        env={},
+    )
+    async with RedisStore(config.store, partitions=4) as store:
+        one, two = ScriptedProvider("outbox"), ScriptedProvider("outbox", [permanent()])
+        async with (
+            daemon(store, one, fast(), consumer="c1") as d1,
+            daemon(store, two, fast(), consumer="c2") as d2,
+        ):
+            ids = [(await d1.enqueue(MSG)).task_id for _ in range(60)]
+            await idle(d1)
+            await idle(d2)
+            letters = await d1.dead_letters(10)
+            assert len(letters) == 1
+            assert await d1.replay(letters[0].task_id) is not None
+            await idle(d1)
+            await idle(d2)
+        assert len(one.sent) + len(two.sent) == 60
+        for task_id in ids:
+            record = await store.get_task(task_id)
+            assert record is not None and record.status is TaskStatus.SENT
+        assert await TaskStreams(store).backlog() == 0
