@@ -16,6 +16,7 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from otpd.config.checks import Problem, raise_problems
 from otpd.config.model import Config
@@ -229,8 +230,25 @@ def _unchecked(sections: dict[str, Any]) -> Config:
     return config
 
 
+def _mask_credentials(value: str) -> str:
+    """A URL with a password (``redis://:pw@host``) shows ``***`` in its place."""
+    if "://" not in value or "@" not in value:
+        return value
+    try:
+        parts = urlsplit(value)
+        password = parts.password
+    except ValueError:
+        return "********"
+    if password is None:
+        return value
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
+
+
 def masked_config(config: Config) -> dict[str, Any]:
-    """The effective config as plain data with every secret masked."""
+    """The effective config as plain data with every secret masked (passwords inside URLs
+    too)."""
 
     def dump(obj: Any) -> Any:
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -244,6 +262,8 @@ def masked_config(config: Config) -> dict[str, Any]:
             return [dump(v) for v in obj]
         if isinstance(obj, dict):
             return {k: dump(v) for k, v in obj.items()}
+        if isinstance(obj, str):
+            return _mask_credentials(obj)
         return obj
 
     result: dict[str, Any] = dump(config)

@@ -415,3 +415,13 @@ def test_half_set_static_aws_credentials_are_a_config_error(section: str) -> Non
     assert config_error(data={section: half}).startswith(f"{section}.secret_access_key:")
     half = {"secret_access_key": "s3cr3t"}
     assert config_error(data={section: half}).startswith(f"{section}.access_key_id:")
+
+
+def test_shown_config_masks_a_password_inside_a_url() -> None:
+    config = load_config(
+        data={"store": {"backend": "redis", "redis_url": "redis://otpd:hunter2-secret@db:6379/0"}},
+        env={},
+    )
+    shown = masked_config(config)["store"]["redis_url"]
+    assert shown == "redis://otpd:***@db:6379/0"
+    assert "hunter2" not in str(masked_config(config))
