@@ -113,3 +113,35 @@ async def test_the_store_works_behind_sentinel(
     assert await sentinel_store.issue_otp("s1", record("otp_s1", now), limits, now) is None
     outcome = await sentinel_store.verify_otp("s1", "login", "h" * 64, now)
     assert outcome.result.verified
+
+
+async def test_more_concurrent_operations_than_connections_wait_for_one_on_a_cluster(
+    redis_cluster_env: ClusterSetup, key_prefix: str, clock: FakeClock
+) -> None:
+    """The cluster client's node pools refuse past their size; the store waits instead."""
+    config = load_config(
+        data={
+            "store": {
+                "backend": "redis",
+                "mode": "cluster",
+                "redis_url": redis_cluster_env.seed_url,
+                "key_prefix": key_prefix,
+                "max_connections": 4,
+            }
+        },
+        env={},
+    )
+    now = clock.time()
+    async with RedisStore(config.store) as store:
+        results = await asyncio.gather(
+            *(
+                store.issue_otp(
+                    f"w{i}",
+                    record(f"otp_w{i}", now),
+                    otp_limits(f"w{i}", f"198.51.100.{i}", "d" * 64),
+                    now,
+                )
+                for i in range(100)
+            )
+        )
+    assert results == [None] * 100

@@ -139,6 +139,8 @@ class RedisStore:
         self._health = StoreHealth(metrics or Metrics())
         self._redis: aioredis.Redis | None = None
         self._sentinels: list[aioredis.Redis] = []  # the clients that ask where the master is
+        # cluster only: at most max_connections operations at once (see call)
+        self._gate = asyncio.Semaphore(config.max_connections) if config.mode == "cluster" else None
         self._scripts: dict[str, AsyncScript] = {}
 
     async def __aenter__(self) -> Self:
@@ -256,6 +258,24 @@ class RedisStore:
 
     async def call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run one store operation; every redis-py failure becomes UnavailableError."""
+        gate = self._gate
+        if gate is not None:
+            # The cluster client's per-node pools refuse a connection past their size
+            # instead of waiting for one, as the standalone pool does: wait here instead,
+            # as long as store.pool_timeout_seconds allows.
+            try:
+                async with asyncio.timeout(self.config.pool_timeout_seconds):
+                    await gate.acquire()
+            except TimeoutError:
+                self._health.failed(op, "pool_exhausted", TimeoutError())
+                raise UnavailableError("the store is unavailable (no free connection)") from None
+            try:
+                return await self._call(op, fn)
+            finally:
+                gate.release()
+        return await self._call(op, fn)
+
+    async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
         try:
             result = await fn()
         except Exception as exc:
