@@ -100,6 +100,7 @@ class DurableQueue:
         self._unsaved: dict[str, Callable[[], Awaitable[object]]] = {}
         self._local_wake = asyncio.Event()
         self._local_task: asyncio.Task[None] | None = None
+        self._moving = 0  # local jobs on their way into the stream
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -211,6 +212,7 @@ class DurableQueue:
         local = self._local_store
         task_id = job.record.task_id
         local.forget_task(task_id)  # before the write: the reader may take it at once
+        self._moving += 1  # idle() waits: the job is neither here nor in the stream yet
         try:
             entry = await self._enqueue(job)
         except UnavailableError as exc:
@@ -220,6 +222,8 @@ class DurableQueue:
         except BaseException:
             await local.put_task(job.record, self.config.task_ttl_seconds)
             raise
+        finally:
+            self._moving -= 1
         if entry is None:
             await local.put_task(job.record, self.config.task_ttl_seconds)
             return False
@@ -354,6 +358,7 @@ class DurableQueue:
                 not self._deferred
                 and not self._local_waiting
                 and not self._unsaved
+                and not self._moving
                 and await self.streams.backlog() == 0
             ):
                 return
@@ -549,6 +554,14 @@ class DurableQueue:
             if entries is None:
                 self._groups_ready = False
                 reread = True
+            elif not self._reading:
+                # A read that outlived hold_retries (Python 3.11's wait_for, which redis-py
+                # wraps each command in, can lose a cancellation): give its entries back to
+                # the group at once instead of taking work while stopping.
+                for e in entries:
+                    with contextlib.suppress(UnavailableError):
+                        await self.streams.retry(e.task_id, e.entry_id, 0, {})
+                break
             else:
                 await self._take(entries)
 
@@ -568,6 +581,12 @@ class DurableQueue:
                 entries = await backoff.run(claim)
                 if entries:
                     fresh = [e for e in entries if e.task_id not in self._local]
+                    if fresh and not self._reading:
+                        # claimed while stopping: back to the group, not into this daemon
+                        for e in fresh:
+                            with contextlib.suppress(UnavailableError):
+                                await self.streams.retry(e.task_id, e.entry_id, 0, {})
+                        break
                     if fresh:
                         log.info("queue.claimed", entries=len(fresh), partition=p)
                         await self._take(fresh)
