@@ -46,7 +46,22 @@ def error_kind(exc: BaseException) -> str | None:
     for cls, kind in _KINDS:
         if isinstance(exc, cls):
             return kind
+    if isinstance(exc, Exception) and _raised_in_redis_py(exc):
+        return "redis"
     return None
+
+
+def _raised_in_redis_py(exc: BaseException) -> bool:
+    """Whether ``exc`` came out of redis-py's own code: not one of its errors but one of its
+    bugs, which a topology change triggers (mid-failover, a cluster connection closed by
+    another task raises ``AttributeError: 'NoneType' object has no attribute
+    'writelines'``; see also redis/redis-py#3546 and #3835)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("redis."):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def masked_url(url: str) -> str:

@@ -14,9 +14,11 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
+from redis.retry import Retry
 
 from otpd.config import StoreConfig
 from otpd.config.sections import sentinel_addresses
@@ -83,6 +85,9 @@ def load_script(name: str, *, shebang: bool = False) -> str:
     return "#!lua\n" + source if shebang else source
 
 
+_MASTER_CHECK_SECONDS = 0.5  # sentinel mode: how often the master's address is checked
+
+
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
@@ -139,6 +144,7 @@ class RedisStore:
         self._health = StoreHealth(metrics or Metrics())
         self._redis: aioredis.Redis | None = None
         self._sentinels: list[aioredis.Redis] = []  # the clients that ask where the master is
+        self._watch: asyncio.Task[None] | None = None
         # cluster only: at most max_connections operations at once (see call)
         self._gate = asyncio.Semaphore(config.max_connections) if config.mode == "cluster" else None
         self._scripts: dict[str, AsyncScript] = {}
@@ -147,6 +153,8 @@ class RedisStore:
         if self._redis is not None:
             raise RuntimeError("RedisStore is already open")
         self._redis = self._client()
+        if self.config.mode == "sentinel":
+            self._watch = asyncio.create_task(self._follow_master(), name="otpd-sentinel-watch")
 
         async def load() -> None:
             assert self._redis is not None
@@ -206,7 +214,13 @@ class RedisStore:
         }
         if cfg.mode == "cluster":
             cluster = RedisCluster.from_url(
-                cfg.redis_url, max_connections=cfg.max_connections, **common
+                cfg.redis_url,
+                max_connections=cfg.max_connections,
+                # redis-py's default (10 tries, up to 1 s apart) holds a request for seconds
+                # when a primary dies; a few quick tries follow a MOVED or a failover, and
+                # past them the caller gets a clean 503 within about the socket timeout
+                retry=Retry(ExponentialWithJitterBackoff(cap=0.1, base=0.01), 3),
+                **common,
             )
             # one client type for the callers: the cluster client speaks the same commands
             return cast(aioredis.Redis, cluster)
@@ -239,7 +253,27 @@ class RedisStore:
         )
         return aioredis.Redis(connection_pool=pool)
 
+    async def _follow_master(self) -> None:
+        """Ask the sentinels where the master is, twice a second. redis-py asks only when
+        it opens a connection, so after a failover its pooled connections would go on
+        writing to the demoted primary, which drops those writes when it resyncs. On a
+        change the pool drops its idle connections and each busy one when it comes back."""
+        while True:
+            await asyncio.sleep(_MASTER_CHECK_SECONDS)
+            redis = self._redis
+            if redis is None:
+                return
+            pool = redis.connection_pool
+            if isinstance(pool, SentinelConnectionPool):
+                with contextlib.suppress(Exception):  # sentinels unreachable: keep the last
+                    await pool.get_master_address()  # type: ignore[no-untyped-call]
+
     async def aclose(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
         if self._redis is not None:
             redis, self._redis = self._redis, None
             if isinstance(redis, RedisCluster):
