@@ -1,5 +1,6 @@
-"""Real ``otpd serve`` processes on one Redis, a slow SMTP relay for each, and the HTTP
-calls the crash tests make: what :mod:`tests.dispatch.test_crash` is built from.
+"""Real ``otpd serve`` processes on one Redis (or one Redis Cluster), a slow SMTP relay
+for each, and the HTTP calls the crash tests make: what :mod:`tests.dispatch.test_crash`
+is built from.
 
 The relay is aiosmtpd's protocol on the test's own event loop (no Controller, no thread).
 It keeps each message the moment its data arrived and only then waits before it replies,
@@ -27,6 +28,7 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from redis.asyncio.cluster import RedisCluster
 
 from otpd.store.keys import KeyLayout
 from otpd.store.redis.streams import GROUP
@@ -306,12 +308,22 @@ def fleet(workdir: Path) -> Iterator[Fleet]:
 # ---------------------------------------------------------------- the queue in Redis
 
 
+def _client(redis_url: str, cluster: bool) -> aioredis.Redis | RedisCluster:
+    if cluster:
+        return RedisCluster.from_url(redis_url, decode_responses=True)
+    return aioredis.Redis.from_url(redis_url, decode_responses=True)
+
+
 async def held_by(redis_url: str, consumer: str, config: Mapping[str, Any]) -> dict[str, str]:
     """The tasks whose stream entries ``consumer`` holds (read, not acknowledged), with
-    each record's status: after a kill, the ``sending`` ones were in a provider call."""
+    each record's status: after a kill, the ``sending`` ones were in a provider call.
+
+    On a cluster (``store.mode``), ``redis_url`` is a seed node's: each call touches one
+    key, so the cluster client routes it to the partition's primary."""
     layout = KeyLayout(config["store"].get("key_prefix", "otpd:"), config["dispatch"]["partitions"])
+    cluster = config["store"].get("mode", "standalone") == "cluster"
     held: dict[str, str] = {}
-    async with aioredis.Redis.from_url(redis_url, decode_responses=True) as redis:
+    async with _client(redis_url, cluster) as redis:
         for p in range(layout.partitions):
             key = layout.ready(p)
             pending = await redis.xpending_range(key, GROUP, "-", "+", 10_000, consumer)

@@ -3,7 +3,8 @@ sent, at least once, and at most the messages in flight at the kill go out twice
 
 Each daemon sends to its own slow relay (50 ms per message, 1 in 10 refused once with
 451), so the test knows which daemon delivered what. The figures each test prints
-(``pytest -s``) are what the durable queue's notes quote.
+(``pytest -s``) are what the durable queue's notes quote. The test with two daemons runs
+on a Redis Cluster as well (the session's, under a key prefix of its own).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -29,6 +32,7 @@ from tests.dispatch.daemons import (
     wait_final,
     wait_for,
 )
+from tests.redis_topologies import ClusterSetup
 
 pytestmark = pytest.mark.slow
 
@@ -104,15 +108,31 @@ def report(title: str, **figures: object) -> None:
     print(f"\n{title}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
 
 
-async def test_the_tasks_of_a_killed_daemon_are_all_sent_by_the_other(tmp_path: Path) -> None:
-    started = time.monotonic()
-    with redis_server(tmp_path) as redis_url, fleet(tmp_path) as daemons:
+def store_of(
+    topology: str, request: pytest.FixtureRequest, tmp_path: Path, key_prefix: str
+) -> tuple[AbstractContextManager[str], dict[str, Any]]:
+    """The Redis URL to give the daemons (a context), and their ``[store]`` settings
+    beyond it: a Redis of the test's own, or the session's cluster under the test's own
+    ``key_prefix`` (the cluster is started only when a test asks for it)."""
+    if topology == "standalone":
+        return redis_server(tmp_path), {}
+    cluster: ClusterSetup = request.getfixturevalue("redis_cluster_env")
+    return nullcontext(cluster.seed_url), {"mode": "cluster", "key_prefix": key_prefix}
+
+
+@pytest.mark.parametrize("topology", ["standalone", "cluster"])
+async def test_the_tasks_of_a_killed_daemon_are_all_sent_by_the_other(
+    topology: str, request: pytest.FixtureRequest, tmp_path: Path, key_prefix: str
+) -> None:
+    server, store = store_of(topology, request, tmp_path, key_prefix)
+    started = time.monotonic()  # not the session's cluster starting, on first use
+    with server as redis_url, fleet(tmp_path) as daemons:
         sink_a = await start_relay(DELAY, refused_once)
         sink_b = await start_relay(DELAY, refused_once)
         try:
             relay_a, relay_b = relay_of(sink_a), relay_of(sink_b)
-            a = daemons.add("a", redis_url=redis_url, smtp_port=sink_a.port)
-            b = daemons.add("b", redis_url=redis_url, smtp_port=sink_b.port)
+            a = daemons.add("a", redis_url=redis_url, smtp_port=sink_a.port, store=store)
+            b = daemons.add("b", redis_url=redis_url, smtp_port=sink_b.port, store=store)
             await daemons.start(a, b)
             async with aiohttp.ClientSession() as http:
                 accepted = await post_messages(http, a.url, range(TASKS))
@@ -129,7 +149,7 @@ async def test_the_tasks_of_a_killed_daemon_are_all_sent_by_the_other(tmp_path: 
     duplicated = {s for s, n in received.items() if n > 1}
     duplicates = sum(received.values()) - len(received)
     report(
-        "killed one of two daemons",
+        "killed one of two daemons" + (" on a cluster" if topology == "cluster" else ""),
         accepted=len(accepted),
         **kill.figures(),
         delivered=len(received),
