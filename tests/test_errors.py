@@ -19,6 +19,7 @@ from otpd.errors import (
     PermanentDeliveryError,
     RateLimitedError,
     SmsBlockedError,
+    StoreDegradedError,
     TransientDeliveryError,
     ValidationError,
 )
@@ -74,8 +75,9 @@ def test_api_errors_have_their_documented_statuses() -> None:
 
 def test_codes_are_unique() -> None:
     codes = [cls.code for cls in EXPORTED_ERRORS]
-    # delivery subclasses share their parent's code on purpose: one API answer for both
-    shared = {TransientDeliveryError, PermanentDeliveryError}
+    # delivery subclasses share their parent's code on purpose: one API answer for both;
+    # so does a store serving from its fallback: to a client it is unavailable all the same
+    shared = {TransientDeliveryError, PermanentDeliveryError, StoreDegradedError}
     unique = [c.code for c in EXPORTED_ERRORS if c not in shared]
     assert len(unique) == len(set(unique)), codes
 

@@ -575,6 +575,8 @@ class DurableQueue:
         backoff = _Backoff()
         while self._reading:
             for p in self.streams.partitions:
+                if not self._groups_ready:
+                    break  # NOGROUP until the reader has created them
                 claim = functools.partial(
                     self.streams.claim, self.consumer, p, idle_ms, _CLAIM_BATCH
                 )

@@ -220,6 +220,56 @@ async def test_full_cycle_runs_without_threads(make_config: ConfigFactory, backe
     assert threading.active_count() == 1, [t.name for t in threading.enumerate()]
 
 
+async def test_the_fallback_path_runs_without_threads(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    """store.fallback = "memory": Redis stops mid-cycle and comes back; still one thread."""
+    from otpd.store.fallback import FallbackStore
+    from tests.conftest import RestartableRedis, open_client
+
+    assert threading.active_count() == 1, [t.name for t in threading.enumerate()]
+    server = RestartableRedis(tmp_path)
+    server.start()
+    store = {"redis_url": server.url, "fallback": "memory", "socket_timeout_seconds": 0.5}
+    try:
+        async with Otpd(make_config("redis", store=store)) as daemon:
+            assert isinstance(daemon.store, FallbackStore)
+            client = await open_client(daemon)
+            try:
+                for phase in ("outage", "after"):
+                    if phase == "outage":
+                        server.stop()
+                    else:
+                        server.start()
+                        async with asyncio.timeout(10):
+                            while daemon.store.degraded:
+                                await asyncio.sleep(0.05)
+                    body = {"user_id": phase, "channel": "sms", "phone": "+14155552671"}
+                    resp = await client.post("/v1/otp", json=body)
+                    assert resp.status == 202, await resp.text()
+                    (delivery,) = (await resp.json())["deliveries"]
+                    async with asyncio.timeout(10):  # polled: wait_idle asks Redis too
+                        while (await daemon.tasks.get(delivery["task_id"])).status not in (
+                            TaskStatus.SENT,
+                            TaskStatus.FAILED,
+                        ):
+                            await asyncio.sleep(0.02)
+                    task = await daemon.tasks.get(delivery["task_id"])
+                    assert task.status is TaskStatus.SENT, task
+                    sms = Path(daemon.config.outbox.dir) / task.provider_message_id
+                    code = code_from_sms(sms)
+                    resp = await client.post(
+                        "/v1/otp/verify", json={"user_id": phase, "code": code}
+                    )
+                    assert await resp.json() == {"verified": True}
+                    assert daemon.store.degraded is (phase == "outage")
+            finally:
+                await client.close()
+    finally:
+        server.stop()
+    assert threading.active_count() == 1, [t.name for t in threading.enumerate()]
+
+
 async def test_otp_over_the_recipient_limit_is_refused_up_front(
     make_config: ConfigFactory, backend: str
 ) -> None:
