@@ -291,12 +291,11 @@ class DurableQueue:
 
     async def retry(self, job: Job, delay: float) -> None:
         due = time.time() + delay  # wall time, as the timers: not the injected clock
-        loop = asyncio.get_running_loop()
         if job.entry == "":
             await self._local_store.update_task(job.record)
             self._local_waiting[job.record.task_id] = (due, job)
             self.ready.task_done()
-            self._timers.add(loop.call_later(delay, self._local_wake.set))
+            self._later(delay, self._local_wake.set)
             return
         park = functools.partial(
             self.streams.retry,
@@ -307,7 +306,16 @@ class DurableQueue:
         )
         await self._write(job, park)
         # this daemon moves it back when due; the periodic sweep is the fallback
-        handle = loop.call_later(delay, self._promote_now.set)
+        self._later(delay, self._promote_now.set)
+
+    def _later(self, delay: float, wake: Callable[[], None]) -> None:
+        """Call ``wake`` after ``delay`` seconds; the handle is kept only until then."""
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            wake()
+
+        handle = asyncio.get_running_loop().call_later(delay, fire)
         self._timers.add(handle)
 
     async def _write(self, job: Job, write: Callable[[], Awaitable[object]]) -> None:

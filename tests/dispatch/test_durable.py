@@ -347,3 +347,15 @@ async def test_the_durable_queue_delivers_on_a_redis_cluster(
             record = await store.get_task(task_id)
             assert record is not None and record.status is TaskStatus.SENT
         assert await TaskStreams(store).backlog() == 0
+
+
+async def test_retry_timers_are_let_go_once_they_fire(redis: RedisStore) -> None:
+    """A long-running daemon must not keep one timer handle per retry it ever made."""
+    provider = ScriptedProvider("outbox", [transient()] * 20)
+    async with daemon(redis, provider, fast(max_attempts=5)) as dispatcher:
+        for _ in range(5):
+            await dispatcher.enqueue(MSG)
+        await idle(dispatcher)
+        assert isinstance(dispatcher.queue, DurableQueue)
+        await asyncio.sleep(0.05)
+        assert not dispatcher.queue._timers
