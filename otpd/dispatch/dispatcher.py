@@ -204,7 +204,7 @@ class Dispatcher:
         were refused, e.g. by a silent rate limit: the refusal stays visible in the task.
         """
         record = self._new_record(message, TaskStatus.FAILED, reason, task_id)
-        await self.store.put_task(record, self.config.task_ttl_seconds)
+        await self.queue.put_refused(Job(record, message))
         self._metrics.tasks.labels(message.channel.value, TaskStatus.FAILED.value).inc()
         return record
 

@@ -37,6 +37,7 @@ from otpd.dispatch.queue import DeadLetter, Job, masked_recipient
 from otpd.errors import UnavailableError
 from otpd.models import Channel, Message, TaskRecord, TaskStatus
 from otpd.sealing import Keyring, SealError
+from otpd.store.base import Store
 from otpd.store.fallback import FallbackStore
 from otpd.store.memory import MemoryStore
 from otpd.store.redis.store import parse_task, task_mutable
@@ -171,6 +172,14 @@ class DurableQueue:
             return
         if entry is None:
             raise UnavailableError("the delivery queue is full")
+
+    async def put_refused(self, job: Job) -> None:
+        # the same encoding and sealing as an accepted job, so that the time a request
+        # takes does not tell a refusal apart; only the record is written
+        self.keyring.seal(job.message.to_json(), job.record.task_id)
+        masked_recipient(job.message)
+        store: Store = self._fallback if self._fallback is not None else self.streams.store
+        await store.put_task(job.record, self.config.task_ttl_seconds)
 
     async def _enqueue(self, job: Job) -> str | None:
         """Write the record (the message sealed in it) and its entry; None when full."""

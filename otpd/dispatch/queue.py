@@ -83,6 +83,10 @@ class DeliveryQueue(Protocol):
     async def put(self, job: Job) -> None:
         """Record ``job`` as queued and accept it; raise ``UnavailableError`` when full."""
 
+    async def put_refused(self, job: Job) -> None:
+        """Record ``job`` (already final: refused) without queueing it, doing the work of a
+        :meth:`put` so that timing does not tell a refusal from an accepted request."""
+
     async def get(self) -> Job:
         """The next job for a worker; waits until there is one."""
 
@@ -171,6 +175,9 @@ class InProcessQueue:
             raise UnavailableError("the delivery queue is full")
         await self.store.put_task(job.record, self.config.task_ttl_seconds)
         queue.put_nowait(job)
+
+    async def put_refused(self, job: Job) -> None:
+        await self.store.put_task(job.record, self.config.task_ttl_seconds)
 
     async def get(self) -> Job:
         return await self.queue.get()
