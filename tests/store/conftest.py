@@ -124,10 +124,11 @@ def _wrapped(config: StoreConfig, deps: StoreDeps) -> Store:
 register_backend("wrapped", _wrapped)
 
 
-@pytest.fixture(params=["memory", "redis", "wrapped", "fallback"])
+@pytest.fixture(params=["memory", "redis", "wrapped", "fallback", "cluster", "sentinel"])
 def backend(request: pytest.FixtureRequest) -> str:
     """Every registered backend, for the contract suite (``fallback``: Redis behind
-    ``store.fallback = "memory"``, while Redis answers)."""
+    ``store.fallback = "memory"``, while Redis answers; ``cluster`` and ``sentinel``: the
+    Redis backend in those modes, on the session's real topologies)."""
     value: str = request.param
     return value
 
@@ -137,9 +138,20 @@ async def store(
     backend: str, request: pytest.FixtureRequest, key_prefix: str, clock: FakeClock
 ) -> AsyncIterator[Store]:
     """A store of ``backend`` made through the registry, as the daemon makes it."""
-    data = {"key_prefix": key_prefix}
-    name = "redis" if backend == "fallback" else backend
-    if name == "redis":
+    data: dict[str, object] = {"key_prefix": key_prefix}
+    name = "redis" if backend in ("fallback", "cluster", "sentinel") else backend
+    if backend == "cluster":
+        seed = request.getfixturevalue("redis_cluster_env").seed_url
+        data.update(backend="redis", mode="cluster", redis_url=seed)
+    elif backend == "sentinel":
+        topology = request.getfixturevalue("redis_sentinel_env")
+        data.update(
+            backend="redis",
+            mode="sentinel",
+            sentinel_urls=list(topology.sentinel_urls),
+            sentinel_service=topology.service,
+        )
+    elif name == "redis":
         data.update(backend="redis", redis_url=request.getfixturevalue("redis_url"))
     if backend == "fallback":
         data.update(fallback="memory")
