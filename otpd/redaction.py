@@ -5,8 +5,17 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
-__all__ = ["REDACTED", "SECRET_KEYS", "mask_email", "mask_phone", "redact_text", "redact_value"]
+__all__ = [
+    "REDACTED",
+    "SECRET_KEYS",
+    "mask_email",
+    "mask_phone",
+    "masked_url",
+    "redact_text",
+    "redact_value",
+]
 
 REDACTED = "[redacted]"
 
@@ -62,6 +71,28 @@ def mask_phone(number: str) -> str:
     if len(digits) < 6:
         return REDACTED
     return f"+{digits[0]}{'*' * (len(digits) - 5)}{digits[-4:]}"
+
+
+def masked_url(url: str) -> str:
+    """``redis://:secret@host:6379/0`` -> ``redis://:***@host:6379/0``: the URL to show in a
+    message, password masked (in the user part and in a ``password`` parameter)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL after all (an unbalanced "[" in the host)
+        return REDACTED
+    netloc = parts.netloc
+    if password is not None:
+        user, _, host = netloc.rpartition("@")
+        name = user.partition(":")[0]
+        netloc = f"{name}:***@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*")
+    # by hand: urlunsplit drops the empty host of unix:///path
+    shown = f"{parts.scheme}://{netloc}{parts.path}" if parts.scheme else url
+    return shown + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 def redact_text(text: str) -> str:

@@ -16,11 +16,11 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from otpd.config.checks import Problem, raise_problems
 from otpd.config.model import Config
 from otpd.errors import ConfigError
+from otpd.redaction import masked_url
 
 __all__ = ["load_config", "masked_config"]
 
@@ -230,22 +230,6 @@ def _unchecked(sections: dict[str, Any]) -> Config:
     return config
 
 
-def _mask_credentials(value: str) -> str:
-    """A URL with a password (``redis://:pw@host``) shows ``***`` in its place."""
-    if "://" not in value or "@" not in value:
-        return value
-    try:
-        parts = urlsplit(value)
-        password = parts.password
-    except ValueError:
-        return "********"
-    if password is None:
-        return value
-    user, _, host = parts.netloc.rpartition("@")
-    name = user.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
-
-
 def masked_config(config: Config) -> dict[str, Any]:
     """The effective config as plain data with every secret masked (passwords inside URLs
     too)."""
@@ -262,8 +246,8 @@ def masked_config(config: Config) -> dict[str, Any]:
             return [dump(v) for v in obj]
         if isinstance(obj, dict):
             return {k: dump(v) for k, v in obj.items()}
-        if isinstance(obj, str):
-            return _mask_credentials(obj)
+        if isinstance(obj, str) and "://" in obj and ("@" in obj or "password=" in obj):
+            return masked_url(obj)  # a password inside a URL (store.redis_url)
         return obj
 
     result: dict[str, Any] = dump(config)

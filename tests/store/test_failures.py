@@ -18,8 +18,8 @@ from otpd.api.routes import OTPD
 from otpd.app import Otpd
 from otpd.clock import FakeClock
 from otpd.errors import UnavailableError
+from otpd.redaction import masked_url
 from otpd.store.redis import RedisStore
-from otpd.store.redis.errors import masked_url
 from tests.api.helpers import Client, error_of
 from tests.conftest import (
     ConfigFactory,

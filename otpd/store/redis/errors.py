@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import os
 import time
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import structlog
 from redis import exceptions as redis_errors
 
 from otpd.metrics import Metrics
+from otpd.redaction import masked_url
 
 __all__ = ["StoreHealth", "error_kind", "failure_reason", "masked_url"]
 
@@ -62,24 +62,6 @@ def _raised_in_redis_py(exc: BaseException) -> bool:
             return True
         tb = tb.tb_next
     return False
-
-
-def masked_url(url: str) -> str:
-    """``redis://:secret@host:6379/0`` -> ``redis://:***@host:6379/0``: the URL to show in a
-    message, password masked (in the user part and in a ``password`` parameter)."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        user, _, host = netloc.rpartition("@")
-        name = user.partition(":")[0]
-        netloc = f"{name}:***@{host}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*")
-    # by hand: urlunsplit drops the empty host of unix:///path
-    shown = f"{parts.scheme}://{netloc}{parts.path}" if parts.scheme else url
-    return shown + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 def failure_reason(exc: BaseException) -> str:
