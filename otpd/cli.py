@@ -170,7 +170,6 @@ def _dead_letters(config: Config, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    from otpd.dispatch.queue import DeadLetter
     from otpd.services.tasks import MAX_DEAD_LETTERS, is_task_id
     from otpd.store.redis import RedisStore
     from otpd.store.redis.streams import TaskStreams
@@ -186,11 +185,9 @@ def _dead_letters(config: Config, args: argparse.Namespace) -> int:
             if args.dead_command == "list":
                 since = now - config.dispatch.dead_letter_ttl_seconds
                 letters = [
-                    DeadLetter(
-                        e.task_id, e.channel, e.recipient, e.last_error, e.attempts, e.failed_at
-                    )
-                    for e in await streams.dead_letters(args.limit, since)
-                    if args.channel is None or e.channel == args.channel
+                    d
+                    for d in await streams.dead_letters(args.limit, since)
+                    if args.channel is None or d.channel == args.channel
                 ]
                 for letter in letters[: args.limit]:
                     print(json.dumps(letter.to_public()))

@@ -11,6 +11,7 @@ from otpd.clock import rfc3339
 
 __all__ = [
     "Channel",
+    "DeadLetter",
     "Delivery",
     "Message",
     "OtpChannel",
@@ -153,6 +154,28 @@ class TaskRecord:
             "provider_message_id": self.provider_message_id or None,
             "created_at": rfc3339(self.created_at),
             "updated_at": rfc3339(self.updated_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A task that failed for good, kept for a while so that it can be replayed."""
+
+    task_id: str
+    channel: str
+    recipient: str  # masked
+    last_error: str
+    attempts: int
+    failed_at: float
+
+    def to_public(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "channel": self.channel,
+            "recipient": self.recipient,
+            "last_error": self.last_error,
+            "attempts": self.attempts,
+            "failed_at": rfc3339(self.failed_at),
         }
 
 

@@ -454,11 +454,10 @@ class DurableQueue:
 
     async def dead_letters(self, limit: int, channel: Channel | None) -> list[DeadLetter]:
         since = self._clock.time() - self.config.dead_letter_ttl_seconds
-        entries = await self.streams.dead_letters(limit, since)
         out = [
-            DeadLetter(e.task_id, e.channel, e.recipient, e.last_error, e.attempts, e.failed_at)
-            for e in entries
-            if channel is None or e.channel == channel.value
+            d
+            for d in await self.streams.dead_letters(limit, since)
+            if channel is None or d.channel == channel.value
         ]
         self._expire_local_dead(since)
         local = [

@@ -12,12 +12,12 @@ import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Protocol, Self
 
-from otpd.clock import Clock, SystemClock, rfc3339
+from otpd.clock import Clock, SystemClock
 from otpd.config import DispatchConfig
 from otpd.errors import UnavailableError
-from otpd.models import Channel, Message, TaskRecord, TaskStatus
+from otpd.models import Channel, DeadLetter, Message, TaskRecord, TaskStatus
 from otpd.redaction import mask_email, mask_phone
 from otpd.store.base import Store
 
@@ -40,28 +40,6 @@ def masked_recipient(message: Message) -> str:
     if message.channel is Channel.EMAIL:
         return mask_email(message.to)
     return mask_phone(message.to)
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A task that failed for good, kept for a while so that it can be replayed."""
-
-    task_id: str
-    channel: str
-    recipient: str  # masked
-    last_error: str
-    attempts: int
-    failed_at: float
-
-    def to_public(self) -> dict[str, Any]:
-        return {
-            "task_id": self.task_id,
-            "channel": self.channel,
-            "recipient": self.recipient,
-            "last_error": self.last_error,
-            "attempts": self.attempts,
-            "failed_at": rfc3339(self.failed_at),
-        }
 
 
 class DeliveryQueue(Protocol):

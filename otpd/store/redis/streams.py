@@ -16,10 +16,10 @@ from typing import Any, cast
 
 from redis.exceptions import ResponseError
 
-from otpd.models import TaskRecord
+from otpd.models import DeadLetter, TaskRecord
 from otpd.store.redis.store import RedisStore, task_fields
 
-__all__ = ["GROUP", "DeadLetterEntry", "StreamEntry", "TaskStreams"]
+__all__ = ["GROUP", "StreamEntry", "TaskStreams"]
 
 GROUP = "otpd"
 
@@ -33,16 +33,6 @@ class StreamEntry:
     entry_id: str
     task_id: str
     record: Mapping[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetterEntry:
-    task_id: str
-    channel: str
-    recipient: str
-    last_error: str
-    attempts: int
-    failed_at: float
 
 
 class TaskStreams:
@@ -224,7 +214,7 @@ class TaskStreams:
         keys = [self.layout.task(task_id), self.layout.ready(p), self.layout.dead(p)]
         return bool(await self.store.script("task_replay", keys, [task_id, ttl, now]))
 
-    async def dead_letters(self, limit: int, since: float) -> list[DeadLetterEntry]:
+    async def dead_letters(self, limit: int, since: float) -> list[DeadLetter]:
         """The newest dead letters of every partition, newest first, failed after
         ``since``."""
 
@@ -234,11 +224,11 @@ class TaskStreams:
                     _ = pipe.xrevrange(self.layout.dead(p), count=limit)
                 return await pipe.execute()
 
-        letters: list[DeadLetterEntry] = []
+        letters: list[DeadLetter] = []
         for entries in await self.store.call("dead_letters", newest):
             for _, fields in entries:
                 try:
-                    letter = DeadLetterEntry(
+                    letter = DeadLetter(
                         task_id=fields["task_id"],
                         channel=fields["channel"],
                         recipient=fields.get("recipient", ""),
