@@ -77,6 +77,10 @@ class StoreConfig:
     mode: Literal["standalone", "cluster", "sentinel"] = "standalone"
     sentinel_urls: tuple[str, ...] = ()
     sentinel_service: str = ""
+    # sentinel mode: a write is answered once this many replicas have it (WAIT, on the
+    # write's own connection in the same round trip), so a failover cannot lose it
+    replica_acks: int = 1
+    replica_ack_timeout_seconds: float = 0.5
 
     def __post_init__(self) -> None:
         c = Checks("store")
@@ -111,6 +115,15 @@ class StoreConfig:
         c.positive(self.max_connections, "max_connections")
         c.positive(self.pool_timeout_seconds, "pool_timeout_seconds")
         c.positive(self.socket_timeout_seconds, "socket_timeout_seconds")
+        c.need(0 <= self.replica_acks <= 16, "replica_acks", "0 to 16 replicas")
+        c.positive(self.replica_ack_timeout_seconds, "replica_ack_timeout_seconds")
+        c.need(
+            self.mode != "sentinel"
+            or self.replica_acks == 0
+            or self.replica_ack_timeout_seconds < self.socket_timeout_seconds,
+            "replica_ack_timeout_seconds",
+            "must be shorter than socket_timeout_seconds (the reply waits for it)",
+        )
         c.done()
 
 

@@ -4,14 +4,17 @@ that span slots stay all-or-nothing, and single-use things stay single-use."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 
 from otpd.clock import FakeClock
 from otpd.config import load_config
+from otpd.errors import UnavailableError
 from otpd.models import VerifyReason
-from otpd.store.base import Bucket, Limit, OtpRecord
+from otpd.store.base import Bucket, ClaimState, Limit, OtpRecord
 from otpd.store.redis import RedisStore
 from tests.redis_topologies import ClusterSetup, SentinelSetup
 
@@ -113,6 +116,33 @@ async def test_the_store_works_behind_sentinel(
     assert await sentinel_store.issue_otp("s1", record("otp_s1", now), limits, now) is None
     outcome = await sentinel_store.verify_otp("s1", "login", "h" * 64, now)
     assert outcome.result.verified
+
+
+async def test_a_write_no_replica_acknowledged_is_a_503_behind_sentinel(
+    sentinel_store: RedisStore, redis_sentinel_env: SentinelSetup, clock: FakeClock
+) -> None:
+    """Each write waits for a replica (WAIT, same round trip): one that only the primary
+    holds would be lost by a failover, so it is refused instead of confirmed."""
+    now = clock.time()
+    limits = otp_limits("s2", "198.51.100.10", "e" * 64)
+    replica = redis_sentinel_env.replica.process
+    replica.send_signal(signal.SIGSTOP)  # alive for the sentinels, silent for the primary
+    try:
+        started = time.monotonic()
+        with pytest.raises(UnavailableError):
+            await sentinel_store.issue_otp("s2", record("otp_s2", now), limits, now)
+        with pytest.raises(UnavailableError):
+            await sentinel_store.claim("issue", "s2-key", "f" * 16, 60)
+        waited = time.monotonic() - started
+    finally:
+        replica.send_signal(signal.SIGCONT)
+    timeout = sentinel_store.config.replica_ack_timeout_seconds
+    assert 2 * timeout <= waited < 2 * timeout + 1.0, waited
+    # replicated again: the same writes are confirmed, the refused claim left nothing
+    claim = await sentinel_store.claim("issue", "s2-key", "f" * 16, 60)
+    assert claim.state is ClaimState.CLAIMED
+    assert await sentinel_store.issue_otp("s2", record("otp_s2", now), limits, now) is None
+    assert (await sentinel_store.verify_otp("s2", "login", "h" * 64, now)).result.verified
 
 
 async def test_more_concurrent_operations_than_connections_wait_for_one_on_a_cluster(

@@ -13,13 +13,21 @@ from redis import exceptions as redis_errors
 from otpd.metrics import Metrics
 from otpd.redaction import masked_url
 
-__all__ = ["StoreHealth", "error_kind", "failure_reason", "masked_url"]
+__all__ = ["StoreHealth", "UnreplicatedWrite", "error_kind", "failure_reason", "masked_url"]
 
 log = structlog.get_logger("otpd.store")
+
+
+class UnreplicatedWrite(Exception):
+    """The primary applied a write but fewer replicas than ``store.replica_acks``
+    acknowledged it in time (``WAIT``): a failover now could lose it, so it is not
+    confirmed to the client (503) rather than answered and then forgotten."""
+
 
 # Most specific first: ReadOnlyError and OutOfMemoryError are ResponseErrors, MovedError
 # is an AskError, BusyLoadingError and MaxConnectionsError are ConnectionErrors.
 _KINDS: tuple[tuple[type[BaseException], str], ...] = (
+    (UnreplicatedWrite, "unreplicated"),
     (redis_errors.ReadOnlyError, "readonly"),
     (redis_errors.OutOfMemoryError, "oom"),
     (redis_errors.BusyLoadingError, "loading"),

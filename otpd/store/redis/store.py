@@ -37,7 +37,13 @@ from otpd.store.base import (
     VerifyOutcome,
 )
 from otpd.store.keys import KeyLayout
-from otpd.store.redis.errors import StoreHealth, error_kind, failure_reason, masked_url
+from otpd.store.redis.errors import (
+    StoreHealth,
+    UnreplicatedWrite,
+    error_kind,
+    failure_reason,
+    masked_url,
+)
 
 __all__ = ["RedisStore", "load_script", "parse_task", "task_fields"]
 
@@ -148,6 +154,9 @@ class RedisStore:
         # cluster only: at most max_connections operations at once (see call)
         self._gate = asyncio.Semaphore(config.max_connections) if config.mode == "cluster" else None
         self._scripts: dict[str, AsyncScript] = {}
+        # sentinel mode: replicas that must have each write before it is answered
+        self._acks = config.replica_acks if config.mode == "sentinel" else 0
+        self._ack_ms = _ms(config.replica_ack_timeout_seconds)
 
     async def __aenter__(self) -> Self:
         if self._redis is not None:
@@ -338,7 +347,40 @@ class RedisStore:
         if script is None:
             # never opened (a fallback serves until it does) or closed
             raise UnavailableError("the store is not open")
+        if self._acks:
+            return await self.call(name, lambda: self._replicated_script(script, keys, args))
         return await self.call(name, lambda: script(keys=list(keys), args=list(args)))
+
+    async def _replicated_script(
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        """``EVALSHA`` then ``WAIT`` on the same connection, in one round trip. A primary
+        promoted by a failover may not have the script cached yet: load it and go again."""
+        for attempt in (1, 2):
+            try:
+                return await self._replicated(
+                    lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args)
+                )
+            except redis_errors.NoScriptError:
+                if attempt == 2:
+                    raise
+                await self.redis.script_load(script.script)
+        raise AssertionError("unreachable")
+
+    async def _replicated(self, command: Callable[[Any], Any]) -> Any:
+        """The reply of the one command ``command`` adds to a pipeline, once
+        ``store.replica_acks`` replicas acknowledged it; else :class:`UnreplicatedWrite`."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            command(pipe)
+            pipe.execute_command("WAIT", self._acks, self._ack_ms)
+            reply, acked = await pipe.execute(raise_on_error=False)
+        if isinstance(reply, Exception):
+            raise reply
+        if isinstance(acked, Exception):
+            raise acked
+        if int(acked) < self._acks:
+            raise UnreplicatedWrite(f"{acked} of {self._acks} replicas acknowledged the write")
+        return reply
 
     def _limit_args(self, limits: Sequence[Limit]) -> tuple[list[str], list[int | str]]:
         keys = [self.layout.limit(lim.bucket, lim.window) for lim in limits]
@@ -557,9 +599,26 @@ class RedisStore:
         key = self.layout.remembered(scope, ref)
         pending = Claim.pending(fingerprint)
         # one command: set if absent, and the value that was there if not
-        existing = await self.call(
-            "claim", lambda: self.redis.set(key, pending, nx=True, ex=ttl, get=True)
-        )
+        if self._acks:
+            try:
+                existing = await self.call(
+                    "claim",
+                    lambda: self._replicated(
+                        lambda pipe: pipe.set(key, pending, nx=True, ex=ttl, get=True)
+                    ),
+                )
+            except UnavailableError as exc:
+                if isinstance(exc.__cause__, UnreplicatedWrite):
+                    # the caller is told 503 and retries: it must not find its own claim
+                    # pending (409) until the lease ends
+                    script = self._scripts["settle_claim"]
+                    with contextlib.suppress(Exception):
+                        await script(keys=[key], args=[pending, "", 0])
+                raise
+        else:
+            existing = await self.call(
+                "claim", lambda: self.redis.set(key, pending, nx=True, ex=ttl, get=True)
+            )
         return Claim.stored(cast(str | None, existing))
 
     async def settle(self, scope: str, ref: str, fingerprint: str, value: str, ttl: int) -> None:
