@@ -55,6 +55,8 @@ class SmtpConfig:
     idle_check_seconds: float = 30.0
     verify_certificate: bool = True
     ca_file: str = ""
+    # RFC 2920: MAIL, RCPT and DATA in one write when the relay's EHLO offers PIPELINING
+    pipelining: bool = True
 
     def __post_init__(self) -> None:
         c = Checks("smtp")

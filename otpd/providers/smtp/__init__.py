@@ -2,6 +2,7 @@
 
 :mod:`~otpd.providers.smtp.provider` builds and sends each email,
 :mod:`~otpd.providers.smtp.pool` owns the connections to the relay,
+:mod:`~otpd.providers.smtp.pipelining` runs one mail transaction (RFC 2920 when offered),
 :mod:`~otpd.providers.smtp.tls` builds their TLS context and
 :mod:`~otpd.providers.smtp.errors` maps SMTP failures to delivery errors.
 """

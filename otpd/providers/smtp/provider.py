@@ -15,6 +15,7 @@ from otpd.models import Channel, Message, SendResult
 from otpd.providers.base import Provider, ProviderDeps
 from otpd.providers.mime import build_email, one_line
 from otpd.providers.smtp.errors import classify_smtp_error, refused_recipients
+from otpd.providers.smtp.pipelining import send_mail
 from otpd.providers.smtp.pool import SmtpPool, ehlo_name
 
 __all__ = ["SmtpProvider"]
@@ -63,9 +64,15 @@ class SmtpProvider(Provider):
         email = build_email(message, self.sender)
         conn = await self._pool.checkout()
         try:
-            errors, _ = await conn.smtp.sendmail(self.sender.from_address, [recipient], email.data)
+            errors, _ = await send_mail(
+                conn.smtp,
+                self.sender.from_address,
+                [recipient],
+                email.data,
+                pipelining=self.config.pipelining,
+            )
         except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
-            # a refusal is a normal reply: aiosmtplib sent RSET, the session is reusable
+            # a refusal is a normal reply: RSET was sent, the session is reusable
             # (unless the server closed it, e.g. 421, which checkin notices)
             self._pool.checkin(conn)
             raise
