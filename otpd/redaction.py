@@ -95,8 +95,15 @@ def masked_url(url: str) -> str:
     return shown + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
 
 
+# What every pattern above needs somewhere in the text: most log values (ids, names,
+# reasons) have none of it, and one scan tells.
+_SUSPECT_RE = re.compile(r"[@+=]|(?i:bearer)")
+
+
 def redact_text(text: str) -> str:
     """Mask emails and phone numbers and drop token-like parameters inside free text."""
+    if _SUSPECT_RE.search(text) is None:
+        return text
     text = _BEARER_RE.sub("Bearer " + REDACTED, text)
     text = _TOKEN_PARAM_RE.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
     text = _EMAIL_RE.sub(lambda m: mask_email(m.group(0)), text)
@@ -105,7 +112,9 @@ def redact_text(text: str) -> str:
 
 def redact_value(key: str, value: Any) -> Any:
     """Redact one key/value pair recursively."""
-    if key.lower() in SECRET_KEYS and value is not None:
+    if value is None:
+        return None
+    if key.lower() in SECRET_KEYS:
         return REDACTED
     if isinstance(value, str):
         return redact_text(value)

@@ -8,6 +8,7 @@ import json
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -22,6 +23,7 @@ __all__ = [
     "SendMessageBody",
     "TokenBody",
     "VerifyOtpBody",
+    "as_kwargs",
     "nesting_exceeds",
     "parse_body",
 ]
@@ -62,92 +64,136 @@ def nesting_exceeds(raw: bytes, limit: int = MAX_DEPTH) -> bool:
     return b"[]" in brackets
 
 
-_HINTS: dict[type[Any], dict[str, Any]] = {}
-
-
-def _hints(cls: type[Any]) -> dict[str, Any]:
-    """A schema's resolved annotations: resolving costs tens of microseconds, and they
-    never change."""
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = _HINTS[cls] = typing.get_type_hints(cls)
-    return hints
-
-
 def _max(n: int) -> Any:
     return {"max_len": n}
 
 
-def _check(value: Any, tp: Any, meta: dict[str, Any]) -> str | None:
-    """Return a problem description or None."""
+Checker = Callable[[Any], str | None]
+"""Checks one field's value: a problem description, or None when it is fine."""
+
+
+def _checker(tp: Any, meta: dict[str, Any]) -> Checker:
+    """The check of a field annotated ``tp``, resolved once per schema (reflection on
+    every request cost more than the whole check)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (types.UnionType, typing.Union):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _check(value, inner[0], meta)
+        inner = _checker(next(a for a in args if a is not type(None)), meta)
+        if type(None) not in args:
+            return inner
+        return lambda value: None if value is None else inner(value)
     if tp is str:
-        if not isinstance(value, str):
-            return "must be a string"
-        if len(value) > meta.get("max_len", MAX_STR):
-            return f"at most {meta.get('max_len', MAX_STR)} characters"
-        return None
+        limit = meta.get("max_len", MAX_STR)
+        too_long = f"at most {limit} characters"
+
+        def string(value: Any) -> str | None:
+            if not isinstance(value, str):
+                return "must be a string"
+            return too_long if len(value) > limit else None
+
+        return string
     if tp is int:
-        return (
+        return lambda value: (
             None if isinstance(value, int) and not isinstance(value, bool) else "must be an integer"
         )
     if tp is bool:
-        return None if isinstance(value, bool) else "must be true or false"
+        return lambda value: None if isinstance(value, bool) else "must be true or false"
     if origin is dict or tp is dict:
-        return None if isinstance(value, dict) else "must be an object"
+        return lambda value: None if isinstance(value, dict) else "must be an object"
     if origin is list:
-        if not isinstance(value, list):
-            return "must be an array"
-        if "max_items" in meta and len(value) > meta["max_items"]:
-            return f"at most {meta['max_items']} items"
-        for i, item in enumerate(value):
-            problem = _check(item, args[0], {})
-            if problem:
-                return f"item {i}: {problem}"
-        return None
+        item_check = _checker(args[0], {})
+        max_items = meta.get("max_items")
+
+        def array(value: Any) -> str | None:
+            if not isinstance(value, list):
+                return "must be an array"
+            if max_items is not None and len(value) > max_items:
+                return f"at most {max_items} items"
+            for i, item in enumerate(value):
+                problem = item_check(item)
+                if problem:
+                    return f"item {i}: {problem}"
+            return None
+
+        return array
     if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            return "must be an object"
-        try:
-            _build(tp, value)  # type: ignore[arg-type]
-        except ValidationError as exc:
-            return "; ".join(f"{k}: {v}" for k, v in exc.fields.items())
-        return None
+
+        def nested(value: Any) -> str | None:
+            if not isinstance(value, dict):
+                return "must be an object"
+            try:
+                _build(tp, value)  # type: ignore[arg-type]
+            except ValidationError as exc:
+                return "; ".join(f"{k}: {v}" for k, v in exc.fields.items())
+            return None
+
+        return nested
     raise TypeError(f"unsupported schema type {tp!r}")  # pragma: no cover
 
 
+@dataclass(frozen=True, slots=True)
+class _Field:
+    name: str
+    check: Checker
+    required: bool
+    item_schema: type[Any] | None  # list[Schema]: items are built as Schema
+
+
+_PLANS: dict[type[Any], tuple[dict[str, _Field], tuple[str, ...]]] = {}
+
+
+def _plan(cls: type[Any]) -> tuple[dict[str, _Field], tuple[str, ...]]:
+    """The fields of a schema with their compiled checks, and the required names."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        hints = typing.get_type_hints(cls)
+        fields: dict[str, _Field] = {}
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            args = typing.get_args(tp)
+            item = args[0] if typing.get_origin(tp) is list else None
+            fields[f.name] = _Field(
+                f.name,
+                _checker(tp, dict(f.metadata)),
+                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+                item if isinstance(item, type) and dataclasses.is_dataclass(item) else None,
+            )
+        plan = _PLANS[cls] = (fields, tuple(n for n, f in fields.items() if f.required))
+    return plan
+
+
 def _build(cls: type[T], data: dict[str, Any]) -> T:
-    hints = _hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = [name for name in data if name not in fields]
-    problems = {_shown(name): "unknown field" for name in unknown[:MAX_REPORTED_UNKNOWN]}
-    if len(unknown) > MAX_REPORTED_UNKNOWN:
-        problems["..."] = f"{len(unknown) - MAX_REPORTED_UNKNOWN} more unknown fields"
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
+    fields, required = _plan(cls)
+    problems: dict[str, str] = {}
+    if len(data) > len(fields) or any(name not in fields for name in data):
+        unknown = [name for name in data if name not in fields]
+        problems = {_shown(name): "unknown field" for name in unknown[:MAX_REPORTED_UNKNOWN]}
+        if len(unknown) > MAX_REPORTED_UNKNOWN:
+            problems["..."] = f"{len(unknown) - MAX_REPORTED_UNKNOWN} more unknown fields"
+    for name in required:
         if name not in data:
-            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            if required:
-                problems[name] = "required"
+            problems[name] = "required"
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        f = fields.get(name)
+        if f is None:
             continue
-        problem = _check(data[name], hints[name], dict(f.metadata))
+        problem = f.check(value)
         if problem:
             problems[name] = problem
             continue
-        value = data[name]
-        tp = hints[name]
-        if typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
-            value = [_build(typing.get_args(tp)[0], item) for item in value]
+        if f.item_schema is not None:
+            value = [_build(f.item_schema, item) for item in value]
         kwargs[name] = value
     if problems:
         raise ValidationError("request validation failed", fields=problems)
     return cls(**kwargs)
+
+
+def as_kwargs(body: Any) -> dict[str, Any]:
+    """A flat schema's fields by name, for ``service.call(**as_kwargs(body))``: unlike
+    ``dataclasses.asdict`` no deep copy (flat schemas hold only strings and numbers)."""
+    return {name: getattr(body, name) for name in _plan(type(body))[0]}
 
 
 def _shown(name: str) -> str:
