@@ -10,8 +10,9 @@ protocol methods; ``_request_count`` tells when a head was parsed):
 * a request head must arrive within ``server.header_timeout_seconds`` (else a 408);
 * lingering over an unread body after the answer is bounded by the body timeout, and a
   connection whose body timed out or failed to decode is closed at once;
-* at most ``server.max_connections`` connections are open; one more gets a 503 and is
-  closed before anything is read from it;
+* at most ``server.max_connections`` connections are open; at the cap a new one takes the
+  place of the connection idle (kept alive, between requests) for longest, and when none
+  is idle it gets a 503 and is closed before anything is read from it;
 * the parser's errors (bad request line, headers, chunked framing, too-long lines) answer
   the uniform JSON error, are logged at info without a traceback, and a client that
   disconnects is never logged as an error.
@@ -120,14 +121,29 @@ class OtpdRequestHandler(RequestHandler):
         self._disarm_head_timer()
         if self._refused:
             return
+        self._otpd_server.busy(self)
         if self._admitted:
             self._admitted = False
             self._otpd_server.release()
         super().connection_lost(exc)
 
+    def evict(self) -> None:
+        """Close this idle kept-alive connection to make room for a new one: its place is
+        given up now, the socket closes as soon as the loop gets to it."""
+        if self._admitted:
+            self._admitted = False
+            self._otpd_server.release()
+        self._disarm_head_timer()
+        self.force_close()
+        transport = self.transport
+        if transport is not None:
+            transport.close()
+
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        if data:
+            self._otpd_server.busy(self)
         if data and self._head_timer is None and self._heads == self._answered:
             self._arm_head_timer()  # the first byte of the next request on a kept-alive line
         before = self._request_count
@@ -172,6 +188,9 @@ class OtpdRequestHandler(RequestHandler):
             # holds the connection (and would fail again on every read).
             if request.get(CLOSE_CONNECTION) or request.content.exception() is not None:
                 self.force_close()
+            elif self._heads == self._answered and self._head_timer is None:
+                # answered, nothing of a next request yet: an idle kept-alive connection
+                self._otpd_server.idle(self)
 
     def handle_error(
         self,
@@ -253,14 +272,28 @@ class OtpdServer(web.Server):
         }
         self._refused_since_log = 0
         self._cap_logged_at: float | None = None
+        # kept-alive connections waiting for their next request, longest idle first
+        self._idle: dict[OtpdRequestHandler, None] = {}
 
     def __call__(self) -> RequestHandler:
         return OtpdRequestHandler(
             self, loop=self._handler_loop, config=self.config, **self._handler_kwargs
         )
 
+    def idle(self, handler: OtpdRequestHandler) -> None:
+        self._idle[handler] = None
+
+    def busy(self, handler: OtpdRequestHandler) -> None:
+        self._idle.pop(handler, None)
+
     def admit(self) -> bool:
-        """Count a new connection in, or refuse it when the cap is reached."""
+        """Count a new connection in. At the cap, the connection idle for longest makes
+        room (a client holding idle keep-alive connections must not lock others out);
+        with none idle, the new one is refused."""
+        if self.open_connections >= self.config.max_connections and self._idle:
+            oldest = next(iter(self._idle))
+            del self._idle[oldest]
+            oldest.evict()
         if self.open_connections < self.config.max_connections:
             self.open_connections += 1
             return True

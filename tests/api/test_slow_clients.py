@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from otpd.api import OtpdAppRunner, create_app
+from otpd.api.protocol import OtpdServer
 from otpd.config import load_config
 from otpd.errors import ConfigError
 from tests.api.rawhttp import (
@@ -176,6 +177,42 @@ async def test_connections_over_the_cap_are_refused_while_it_holds(
                     writer.close()
     warnings = [e for e in logs.structlog_lines if e["event"] == "api.connection_limit_reached"]
     assert len(warnings) == 1  # once a minute at most, however many are refused
+    assert not logs.errors()
+
+
+@pytest.mark.slow
+async def test_idle_keep_alive_connections_give_way_to_new_clients_at_the_cap(
+    make_config: ConfigFactory,
+) -> None:
+    # one client holding every connection idle between requests locks nobody out
+    cap = 5
+    config = served_config(make_config, max_connections=cap, header_timeout_seconds=30)
+    healthz = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with captured_logs() as logs:
+        async with serving(config) as server:
+            held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(cap)]
+            try:
+                for reader, writer in held:
+                    writer.write(healthz)
+                    assert (await read_response(reader)).status == 200
+                for _ in range(3):  # new clients, which keep their connections too
+                    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                    held.append((reader, writer))
+                    writer.write(healthz)
+                    assert (await read_response(reader)).status == 200
+                # the three idle for longest made room: closed by the server
+                for reader, _ in held[:3]:
+                    assert await asyncio.wait_for(reader.read(), 5) == b""
+                # the others are still open and kept alive
+                for reader, writer in held[3:cap]:
+                    writer.write(healthz)
+                    assert (await read_response(reader)).status == 200
+                runner = server._runner
+                assert runner is not None and isinstance(runner.server, OtpdServer)
+                assert runner.server.open_connections == cap  # 3 made room for 3 new ones
+            finally:
+                for _, writer in held:
+                    writer.close()
     assert not logs.errors()
 
 
