@@ -540,9 +540,10 @@ EXPECTED_ROUTES = {
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)  # tens of seconds of CPU: a loaded machine must not fail it
 @pytest.mark.parametrize(
     ("running", "examples"),
-    [("memory", 340), pytest.param("redis", 100, id="redis")],
+    [("memory", 240), pytest.param("redis", 100, id="redis")],
     indirect=["running"],
 )
 def test_generated_requests_never_break_the_server(running: Running, examples: int) -> None:
