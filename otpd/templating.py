@@ -17,7 +17,8 @@ import jinja2
 from jinja2.utils import missing
 
 from otpd.config import ProductConfig
-from otpd.errors import ValidationError
+from otpd.config.checks import Problem
+from otpd.errors import ConfigError, ValidationError
 from otpd.validation import check_template_urls
 
 __all__ = ["BUILTIN_TEMPLATES", "MissingContextKeyError", "RenderedEmail", "TemplateRenderer"]
@@ -104,7 +105,12 @@ class TemplateRenderer:
         tens of milliseconds on the event loop. Returns how many were compiled."""
         names = [n for n in self.env.list_templates() if n.endswith(".j2")]
         for name in names:
-            self.env.get_template(name)
+            try:
+                self.env.get_template(name)
+            except jinja2.TemplateSyntaxError as exc:
+                # the one start-up line names the file and the line, not just Jinja's words
+                problem = Problem("email.templates_dir", f"{name} line {exc.lineno}: {exc.message}")
+                raise ConfigError.from_problems([problem]) from None
         return len(names)
 
     def exists(self, name: str, kind: str = "html") -> bool:

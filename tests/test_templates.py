@@ -15,7 +15,7 @@ import pytest
 
 from otpd.cli import main
 from otpd.config import EmailConfig, ProductConfig
-from otpd.errors import ValidationError
+from otpd.errors import ConfigError, ValidationError
 from otpd.models import Channel, Message
 from otpd.providers.mime import build_email
 from otpd.templating import BUILTIN_TEMPLATES, TemplateRenderer
@@ -571,3 +571,13 @@ async def test_templates_are_loaded_once_and_cached(tmp_path: Path) -> None:
     assert await renderer.render_sms("otp_code", {"code": "1", "ttl_minutes": 1}) == "first 1"
     (tmp_path / "otp_code.sms.j2").write_text("second {{ code }}")
     assert await renderer.render_sms("otp_code", {"code": "2", "ttl_minutes": 1}) == "first 2"
+
+
+def test_a_template_with_a_syntax_error_fails_the_start_naming_file_and_line(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "otp_code.txt.j2").write_text("Your code:\n{{ code \n")
+    renderer = TemplateRenderer(PRODUCT, str(tmp_path))
+    with pytest.raises(ConfigError) as caught:
+        renderer.preload()
+    assert str(caught.value).startswith("email.templates_dir: otp_code.txt.j2 line 2: ")
