@@ -14,7 +14,7 @@ import secrets
 import socket
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import structlog
 
@@ -22,6 +22,7 @@ from otpd.clock import Clock, SystemClock
 from otpd.config import Config
 from otpd.crypto import Hasher
 from otpd.dispatch import DeliveryQueue, Dispatcher
+from otpd.errors import ConfigError
 from otpd.metrics import Metrics
 from otpd.models import Channel, ProviderHealth
 from otpd.outbox import dev_outbox_refusals
@@ -30,6 +31,7 @@ from otpd.providers.chain import ProviderChain
 from otpd.providers.registry import build_providers
 from otpd.providers.session import SharedSession
 from otpd.sealing import Keyring
+from otpd.services.audit import AuditTrail
 from otpd.services.deps import ServiceDeps
 from otpd.services.limits import LimitPolicy, SendingLimits
 from otpd.services.links import LinkService, Reminders
@@ -37,13 +39,37 @@ from otpd.services.messages import MessageService
 from otpd.services.otp import OtpService
 from otpd.services.sms_guard import SmsGuard
 from otpd.services.tasks import TaskService
+from otpd.services.totp import TotpService
 from otpd.store import Store, StoreDeps, create_store
 from otpd.store.fallback import FallbackStore
 from otpd.templating import TemplateRenderer
 
-__all__ = ["Otpd"]
+__all__ = ["ROLES", "Otpd", "Role", "role_problem"]
 
 log = structlog.get_logger("otpd")
+
+Role = Literal["all", "api", "worker"]
+"""What one daemon does: ``all`` (serve and deliver), ``api`` (serve the HTTP API and
+queue tasks, deliver nothing) or ``worker`` (deliver what the durable queue holds)."""
+ROLES: tuple[Role, ...] = ("all", "api", "worker")
+
+
+def role_problem(config: Config, role: Role) -> str | None:
+    """Why ``config`` cannot run a daemon in ``role``, or None: the ``api`` and ``worker``
+    roles hand tasks over through the durable queue, sealed with the shared secret."""
+    if role == "all":
+        return None
+    if config.store.backend != "redis" or not config.dispatch.durable:
+        return (
+            f'role {role!r} needs store.backend = "redis" and dispatch.durable = true '
+            "(the durable queue carries tasks from api to worker processes)"
+        )
+    if not config.security.secret_key:
+        return (
+            f"role {role!r} needs security.secret_key (OTPD_SECRET_KEY): a worker opens "
+            "the messages an api process sealed"
+        )
+    return None
 
 
 class _State(enum.Enum):
@@ -56,10 +82,13 @@ class Otpd:
     """Everything otpd does, as one async context manager. It cannot be opened twice.
 
     ``store`` replaces the backend that ``store.backend`` names: any unopened
-    :class:`~otpd.store.Store`, which the daemon opens and closes.
+    :class:`~otpd.store.Store`, which the daemon opens and closes. ``role`` (see
+    :data:`Role`) splits serving from delivering across processes.
     """
 
     otp: OtpService
+    totp: TotpService
+    audit: AuditTrail
     tasks: TaskService
     sms_guard: SmsGuard
     messages: MessageService
@@ -71,9 +100,18 @@ class Otpd:
     chains: dict[Channel, ProviderChain]
 
     def __init__(
-        self, config: Config, *, clock: Clock | None = None, store: Store | None = None
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        store: Store | None = None,
+        role: Role = "all",
     ) -> None:
+        problem = role_problem(config, role) if role in ROLES else f"unknown role {role!r}"
+        if problem is not None:
+            raise ConfigError(problem)
         self.config = config
+        self.role: Role = role
         self.clock: Clock = clock or SystemClock()
         self.metrics = Metrics()
         self.renderer = TemplateRenderer(
@@ -104,6 +142,10 @@ class Otpd:
                 ),
             )
             self.store = await stack.enter_async_context(store)
+            # closed after the dispatcher, whose last deliveries it records
+            self.audit = await stack.enter_async_context(
+                AuditTrail(self.config.audit, self.store, clock=self.clock)
+            )
             # dev only: a trace in the outbox of each message a limit refused
             refusals = dev_outbox_refusals(self.config)
             if refusals is not None:
@@ -132,6 +174,7 @@ class Otpd:
                     metrics=self.metrics,
                     queue=self._delivery_queue(),
                     admission=SendingLimits(self.limits, self.store),
+                    audit=self.audit,
                 )
             )
             self._build_services()
@@ -160,19 +203,27 @@ class Otpd:
         fallback = self.store if isinstance(self.store, FallbackStore) else None
         primary = self.store if fallback is None else fallback.primary
         if not isinstance(primary, RedisStore):
+            if self.role != "all":
+                raise ConfigError(f"role {self.role!r} needs a Redis store")
             return None
         from otpd.dispatch.durable import DurableQueue
         from otpd.store.redis.streams import TaskStreams
 
-        return DurableQueue(
+        durable = DurableQueue(
             TaskStreams(primary),
             self.config.dispatch,
             keyring=self.keyring,
             consumer=self.instance_id,
             clock=self.clock,
             socket_timeout=self.config.store.socket_timeout_seconds,
-            fallback=fallback,
+            # with no workers here, a job the stream cannot take has nowhere to go: refused
+            fallback=fallback if self.role != "api" else None,
         )
+        if self.role == "api":
+            from otpd.dispatch.intake import IntakeQueue
+
+            return IntakeQueue(durable)
+        return durable
 
     @property
     def instance_id(self) -> str:
@@ -205,6 +256,7 @@ class Otpd:
             metrics=self.metrics,
             limits=self.limits,
             keyring=self.keyring,
+            audit=self.audit,
         )
         self.sms_guard = SmsGuard(self.config.sms, deps)
         self.otp = OtpService(self.config.otp, deps, sms_guard=self.sms_guard)
@@ -212,6 +264,9 @@ class Otpd:
         self.links = LinkService(self.config.links, self.config.tokens, deps)
         self.reminders = Reminders(self.links)
         self.messages = MessageService(deps, sms_guard=self.sms_guard)
+        self.totp = TotpService(
+            self.config.totp, deps, issuer=self.config.totp.issuer or self.config.product.name
+        )
 
     # ------------------------------------------------------------------ health
 
@@ -236,7 +291,9 @@ class Otpd:
         checks["dispatcher"] = {
             "ok": self.dispatcher.running,
             "queue_depth": self.dispatcher.depth,
-            "workers": self.config.dispatch.workers,
+            "workers": 0 if self.role == "api" else self.config.dispatch.workers,
+            "role": self.role,
+            "instance_id": self.instance_id,
         }
         return checks
 

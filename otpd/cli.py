@@ -6,23 +6,43 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import json
 import os
+import re
 import signal
+import socket
 import sys
 import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from otpd.config import PROVIDERS, Config, load_config, masked_config
 from otpd.errors import ConfigError, OtpdError
 
+if TYPE_CHECKING:
+    from otpd.app import Role
+    from otpd.supervisor import ChildLink
+
 __all__ = ["main"]
+
+MAX_PROCESSES = 64
+
+
+def _processes(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_PROCESSES:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_PROCESSES}")
+    return count
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +54,23 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--debug", action="store_true", help="print the traceback of a start-up failure too"
     )
+    serve.add_argument(
+        "--processes",
+        type=_processes,
+        default=1,
+        metavar="N",
+        help="run N event-loop processes on one port (SO_REUSEPORT) under a supervisor; "
+        'needs store.backend = "redis" (default 1: this process only)',
+    )
+    serve.add_argument(
+        "--role",
+        choices=("all", "api", "worker"),
+        default="all",
+        help="all: serve and deliver (default); api: serve the HTTP API and queue tasks; "
+        "worker: deliver from the durable queue, serving /healthz, /readyz and /metrics only",
+    )
+    # set by the supervisor on its children: the fd of the child's end of their link
+    serve.add_argument("--supervised-fd", type=int, help=argparse.SUPPRESS)
     check = sub.add_parser("check-config", help="validate and print the effective config")
     render = sub.add_parser(
         "render-template",
@@ -255,21 +292,87 @@ def _startup_failure(exc: BaseException, config: Config) -> list[str]:
     return [f"cannot start: {type(exc).__name__}: {exc}"]
 
 
-async def _serve(config: Config) -> None:
+def _serve_problem(config: Config, processes: int, role: Role) -> str | None:
+    """Why ``otpd serve --processes N --role R`` cannot run on ``config``, or None."""
+    from otpd.app import role_problem
+
+    problem = role_problem(config, role)
+    if problem is not None:
+        return f"--role {role} {problem.removeprefix(f'role {role!r} ')}"
+    if processes == 1:
+        return None
+    if config.store.backend != "redis":
+        return (
+            f'--processes {processes} needs store.backend = "redis": the memory store keeps '
+            "codes, limits and tasks in each process"
+        )
+    if not config.security.secret_key:
+        return (
+            f"--processes {processes} needs security.secret_key (OTPD_SECRET_KEY): a process "
+            "that makes up its own cannot verify the codes of the others"
+        )
+    if config.server.port == 0:
+        return f"--processes {processes} needs a fixed server.port (0 gives each its own)"
+    if config.metrics.port + processes - 1 > 65535:
+        return f"--processes {processes} needs metrics.port + {processes - 1} <= 65535"
+    return None
+
+
+def _instance_base(config: Config) -> str:
+    """What the supervisor's children are named after (``<base>-<i>``) in the durable queue."""
+    base = config.server.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+    return re.sub(r"[^A-Za-z0-9_.:\-]", "-", base)[:60]
+
+
+def _supervise(config: Config, args: argparse.Namespace) -> int:
+    from otpd.supervisor import Supervisor, child_command
+
+    argv = ["serve", "--role", args.role]
+    if args.config is not None:
+        argv += ["--config", args.config]
+    if args.debug:
+        argv.append("--debug")
+    supervisor = Supervisor(
+        child_command(argv),
+        args.processes,
+        _instance_base(config),
+        drain_timeout=config.dispatch.drain_timeout_seconds,
+        metrics_port=config.metrics.port,
+    )
+    code = supervisor.run()
+    if code != 0 and supervisor.failure:
+        structlog.get_logger("otpd").error("otpd.failed_to_start", error=supervisor.failure)
+        print(f"otpd: {supervisor.failure}", file=sys.stderr)
+    return code
+
+
+async def _serve(config: Config, role: Role = "all", link: ChildLink | None = None) -> None:
     from otpd.api import HttpServer
+    from otpd.app import Otpd
 
     log = structlog.get_logger("otpd")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with HttpServer(config) as server:
+    reuse_port = link is not None
+    async with contextlib.AsyncExitStack() as stack:
+        if role == "all":
+            server = await stack.enter_async_context(HttpServer(config, reuse_port=reuse_port))
+        else:
+            from otpd.api.health import HealthServer
+
+            otpd = await stack.enter_async_context(Otpd(config, role=role))
+            serving = HttpServer if role == "api" else HealthServer
+            server = await stack.enter_async_context(serving(otpd, reuse_port=reuse_port))
         # Everything made at start-up lives as long as the process: keep it out of the
         # collector's full passes, which otherwise pause the loop for tens of milliseconds.
         gc.freeze()
         log.info(
             "otpd.listening",
             url=server.url,
+            role=role,
+            instance_id=server.otpd.instance_id,
             env=config.server.env,
             store=config.store.backend,
             email_providers=list(config.email.providers),
@@ -278,6 +381,18 @@ async def _serve(config: Config) -> None:
             if {"outbox", "console"} & {*config.email.providers, *config.sms.providers}
             else None,
         )
+        if link is not None:
+            link.ready()
+            link.sock.setblocking(False)
+
+            def supervisor_gone() -> None:
+                if link.gone():
+                    loop.remove_reader(link.sock.fileno())
+                    log.warning("otpd.supervisor_gone")
+                    stop.set()
+
+            loop.add_reader(link.sock.fileno(), supervisor_gone)
+            stack.callback(loop.remove_reader, link.sock.fileno())
         await stop.wait()
         log.info("otpd.stopping")
     log.info("otpd.stopped")
@@ -298,17 +413,31 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     from otpd.logs import configure_logging
 
+    problem = _serve_problem(config, args.processes, args.role)
+    if problem is not None:
+        print(f"otpd: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     fmt = config.logging.format
     if fmt == "auto":
         fmt = "json" if config.server.env == "production" else "console"
     configure_logging(config.logging.level, fmt)
+    if args.processes > 1:
+        raise SystemExit(_supervise(config, args))
+    link = None
+    if args.supervised_fd is not None:
+        from otpd.supervisor import ChildLink
+
+        link = ChildLink(args.supervised_fd)
     try:
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(config, args.role, link))
     except Exception as exc:
         lines = _startup_failure(exc, config)
         structlog.get_logger("otpd").error("otpd.failed_to_start", error=lines[0])
-        for line in lines:
-            print(f"otpd: {line}", file=sys.stderr)
+        if link is not None:
+            link.failed(lines[0])  # the supervisor prints it, once for all its children
+        else:
+            for line in lines:
+                print(f"otpd: {line}", file=sys.stderr)
         if args.debug:
             traceback.print_exception(exc, file=sys.stderr)
         raise SystemExit(1) from None

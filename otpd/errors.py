@@ -11,6 +11,7 @@ errors to responses::
     ├── InvalidTokenError    400    unknown, expired, used or superseded link token
     ├── IdempotencyKeyReusedError  422  an idempotency key sent again with another payload
     ├── IdempotencyKeyInUseError   409  an idempotency key whose first request still runs
+    ├── TotpAlreadyEnabledError    409  a TOTP enrolment for a user who has TOTP enabled
     ├── RateLimitedError     429    a rate limit refused the request (``retry_after``)
     │   └── SmsBlockedError  429    the SMS fraud and cost guard refused the request
     ├── UnavailableError     503    the store or the dispatcher cannot take work now
@@ -39,6 +40,7 @@ __all__ = [
     "SmsBlockedError",
     "StartupError",
     "StoreDegradedError",
+    "TotpAlreadyEnabledError",
     "TransientDeliveryError",
     "UnauthorizedError",
     "UnavailableError",
@@ -239,3 +241,13 @@ class PermanentDeliveryError(DeliveryError):
     """The recipient (or the message) is refused for good: no failover, no retry."""
 
     permanent = True
+
+
+class TotpAlreadyEnabledError(OtpdError):
+    """An enrolment was started for a user whose TOTP is enabled: disable it first."""
+
+    code = "totp_already_enabled"
+    status = 409
+
+    def __init__(self, message: str = "TOTP is already enabled for this user") -> None:
+        super().__init__(message)

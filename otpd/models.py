@@ -70,7 +70,9 @@ class Message:
     metrics and logs; it never contains personal data. ``limits_counted`` is set when the
     caller already counted the sending limits atomically with its own (OTP issue).
     ``expires_at`` (UNIX seconds, 0 for never) is when what the message carries stops
-    working (an OTP code, a link token): it is not sent after that.
+    working (an OTP code, a link token): it is not sent after that. ``audit`` is what the
+    audit record of its delivery names besides the message (user, OTP, client), as pairs;
+    never a code, a token or an address.
     """
 
     channel: Channel
@@ -82,6 +84,7 @@ class Message:
     headers: tuple[tuple[str, str], ...] = ()
     limits_counted: bool = False
     expires_at: float = 0.0
+    audit: tuple[tuple[str, str], ...] = ()
 
     def expired(self, now: float) -> bool:
         return bool(self.expires_at) and now >= self.expires_at
@@ -99,6 +102,7 @@ class Message:
                 [list(h) for h in self.headers],
                 self.limits_counted,
                 self.expires_at,
+                [list(pair) for pair in self.audit],
             ],
             separators=(",", ":"),
             ensure_ascii=False,
@@ -106,7 +110,11 @@ class Message:
 
     @classmethod
     def from_json(cls, data: bytes) -> Message:
-        channel, to, text, subject, html, tag, headers, counted, expires_at = json.loads(data)
+        # a message sealed by a release before the audit trail has nine fields
+        channel, to, text, subject, html, tag, headers, counted, expires_at, *rest = json.loads(
+            data
+        )
+        audit = rest[0] if rest else []
         return cls(
             Channel(channel),
             to,
@@ -117,6 +125,7 @@ class Message:
             tuple((str(name), str(value)) for name, value in headers),
             bool(counted),
             float(expires_at),
+            tuple((str(name), str(value)) for name, value in audit),
         )
 
 

@@ -61,6 +61,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "signup_url": "https://app.example.com/join?invite=abc",
         "expires_on": "6 Dec 2026",
     },
+    "totp_enabled": {"name": "Ada", "changed_at": "2026-11-22T14:03:00Z"},
+    "totp_disabled": {"name": "Ada", "changed_at": "2026-11-22T14:03:00Z"},
 }
 # The least each template needs: everything else is optional.
 REQUIRED: dict[str, set[str]] = {
@@ -73,6 +75,8 @@ REQUIRED: dict[str, set[str]] = {
     "account_deletion_requested": {"deletion_date"},
     "account_deletion_cancelled": set(),
     "waitlist_approved": {"signup_url"},
+    "totp_enabled": set(),
+    "totp_disabled": set(),
 }
 # Every locale directory of the built-ins, and English (the top level).
 LOCALES: list[str | None] = [

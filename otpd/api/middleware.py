@@ -1,4 +1,5 @@
-"""One place that turns every failure into the uniform JSON error, and API-key auth."""
+"""One place that turns every failure into the uniform JSON error, API-key auth, and the
+request metrics."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from aiohttp.typedefs import Middleware
 
 from otpd.config import ApiKey
 from otpd.errors import OtpdError, RateLimitedError, UnauthorizedError
+from otpd.metrics import UNMATCHED_ROUTE, Metrics
 
 __all__ = [
     "CLIENT",
@@ -23,7 +25,9 @@ __all__ = [
     "auth_middleware",
     "error_middleware",
     "error_response",
+    "metrics_middleware",
     "public",
+    "route_label",
 ]
 
 log = structlog.get_logger("otpd.api")
@@ -125,9 +129,52 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     return response
 
 
-def auth_middleware(keys: Sequence[ApiKey]) -> Middleware:
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def route_label(request: web.Request) -> str:
+    """The matched route's pattern (``/v1/tasks/{task_id}``), never the raw path: a path
+    that matched no route is :data:`~otpd.metrics.UNMATCHED_ROUTE`, so clients cannot
+    add series."""
+    match = request.match_info
+    if match.http_exception is not None:
+        return UNMATCHED_ROUTE
+    resource = match.route.resource
+    return UNMATCHED_ROUTE if resource is None else resource.canonical
+
+
+def metrics_middleware(metrics_of: Callable[[web.Request], Metrics]) -> Middleware:
+    """Count every answer by route pattern, method and status, and time it. Outermost, so
+    it sees the status the client gets."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500  # unless an answer or an HTTP exception says otherwise
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:  # a redirect, or an error past error_middleware
+            status = exc.status
+            raise
+        else:
+            status = response.status
+            return response
+        finally:
+            method = request.method if request.method in _METHODS else "OTHER"
+            metrics_of(request).observe_request(
+                route_label(request), method, status, time.perf_counter() - started
+            )
+
+    return middleware
+
+
+def auth_middleware(
+    keys: Sequence[ApiKey],
+    on_refused: Callable[[web.Request, str], Awaitable[None]] | None = None,
+) -> Middleware:
     """Require ``Authorization: Bearer <key>`` on every route not marked :func:`public`;
-    compare digests in constant time."""
+    compare digests in constant time. ``on_refused(request, reason)`` is awaited before a
+    refusal (``missing_key``, ``invalid_key``): the audit trail's record of it."""
     digests = [(k.name, k.sha256.encode()) for k in keys]
 
     @web.middleware
@@ -136,6 +183,8 @@ def auth_middleware(keys: Sequence[ApiKey]) -> Middleware:
             return await handler(request)
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
+            if on_refused is not None:
+                await on_refused(request, "missing_key")
             raise UnauthorizedError("missing bearer API key")
         digest = hashlib.sha256(key.strip().encode()).hexdigest().encode()
         client = None
@@ -143,6 +192,8 @@ def auth_middleware(keys: Sequence[ApiKey]) -> Middleware:
             if hmac.compare_digest(digest, expected):
                 client = name
         if client is None:
+            if on_refused is not None:
+                await on_refused(request, "invalid_key")
             raise UnauthorizedError("invalid API key")
         request[CLIENT] = client
         structlog.contextvars.bind_contextvars(client=client)

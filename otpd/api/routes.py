@@ -10,8 +10,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from otpd.api.metrics import metrics_response
 from otpd.api.middleware import CLIENT, CLOSE_CONNECTION, public
-from otpd.api.schemas import IssueOtpBody, SendMessageBody, VerifyOtpBody, parse_body
+from otpd.api.schemas import IssueOtpBody, SendMessageBody, VerifyOtpBody, as_kwargs, parse_body
 from otpd.app import Otpd
 from otpd.clock import rfc3339
 from otpd.errors import ValidationError
@@ -30,8 +31,11 @@ async def read_body(request: web.Request, cls: type[T]) -> T:
     that closes the connection), at most ``server.max_body_bytes`` (else a 422)."""
     server = request.app[OTPD].config.server
     try:
-        async with asyncio.timeout(server.body_timeout_seconds):
+        if request.content.is_eof():  # the whole body is in already: nothing to wait for
             raw = await request.read()
+        else:
+            async with asyncio.timeout(server.body_timeout_seconds):
+                raw = await request.read()
     except TimeoutError:
         request[CLOSE_CONNECTION] = True
         raise web.HTTPRequestTimeout() from None
@@ -55,7 +59,7 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 @routes.post("/v1/otp")
 async def issue_otp(request: web.Request) -> web.Response:
     body = await read_body(request, IssueOtpBody)
-    issued = await request.app[OTPD].otp.issue(**dataclasses.asdict(body))
+    issued = await request.app[OTPD].otp.issue(**as_kwargs(body))
     return json_response(
         {
             "otp_id": issued.otp_id,
@@ -71,7 +75,7 @@ async def issue_otp(request: web.Request) -> web.Response:
 @routes.post("/v1/otp/verify")
 async def verify_otp(request: web.Request) -> web.Response:
     body = await read_body(request, VerifyOtpBody)
-    result = await request.app[OTPD].otp.verify(**dataclasses.asdict(body))
+    result = await request.app[OTPD].otp.verify(**as_kwargs(body))
     if result.verified:
         return json_response({"verified": True})
     return json_response(
@@ -164,5 +168,4 @@ async def readyz(request: web.Request) -> web.Response:
 @routes.get("/metrics")
 @public
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[OTPD].metrics.render()
-    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+    return await metrics_response(request, request.app[OTPD])

@@ -15,14 +15,18 @@ from typing import Any, Self
 import structlog
 from aiohttp import web
 
+from otpd.api.audit import audit_routes, record_unauthorized
 from otpd.api.hosted import HOSTED_ROUTE, hosted_routes
 from otpd.api.links import link_routes
-from otpd.api.middleware import auth_middleware, error_middleware
+from otpd.api.metrics import metrics_listener
+from otpd.api.middleware import auth_middleware, error_middleware, metrics_middleware
+from otpd.api.openapi import openapi_routes
 from otpd.api.protocol import OtpdAppRunner
 from otpd.api.routes import OTPD, routes
+from otpd.api.totp import totp_routes
 from otpd.app import Otpd
 from otpd.clock import Clock
-from otpd.config import Config, exposure_problem
+from otpd.config import Config, exposure_problem, metrics_exposure_problem
 from otpd.errors import ConfigError, StartupError
 
 __all__ = ["HttpServer", "create_app"]
@@ -42,7 +46,11 @@ def create_app(source: Config | Otpd, *, clock: Clock | None = None) -> web.Appl
     config = source.config if isinstance(source, Otpd) else source
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
-        middlewares=[error_middleware, auth_middleware(config.auth.keys)],
+        middlewares=[
+            metrics_middleware(lambda request: request.app[OTPD].metrics),
+            error_middleware,
+            auth_middleware(config.auth.keys, on_refused=record_unauthorized),
+        ],
     )
     if isinstance(source, Otpd):
         app[OTPD] = source
@@ -62,7 +70,12 @@ def create_app(source: Config | Otpd, *, clock: Clock | None = None) -> web.Appl
         app.cleanup_ctx.append(daemon)
     app.add_routes(routes)
     app.add_routes(link_routes)
+    app.add_routes(audit_routes)
+    app.add_routes(totp_routes)
     app.add_routes(hosted_routes)
+    app.add_routes(openapi_routes)
+    if config.metrics.separate:  # after the daemon's context: it needs the open daemon
+        app.cleanup_ctx.append(metrics_listener(lambda: app[OTPD]))
     return app
 
 
@@ -71,18 +84,26 @@ class HttpServer:
 
     Given a :class:`Config`, the server's app opens (and closes) its own daemon; given an
     open :class:`Otpd`, it serves that one. ``port=0`` binds a free port (see :attr:`url`).
+    ``reuse_port`` sets ``SO_REUSEPORT``: processes that all set it share one port, and the
+    kernel spreads new connections over them (``otpd serve --processes N``).
     It runs the hardened protocol of :mod:`otpd.api.protocol` (request-head and body
     deadlines, ``server.max_connections``, JSON answers to malformed HTTP).
     """
 
     def __init__(
-        self, source: Config | Otpd, host: str | None = None, port: int | None = None
+        self,
+        source: Config | Otpd,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        reuse_port: bool = False,
     ) -> None:
         self.source = source
         config = source.config if isinstance(source, Otpd) else source
         self.config = config
         self.host = host or config.server.host
         self.port = config.server.port if port is None else port
+        self.reuse_port = reuse_port
         self._runner: OtpdAppRunner | None = None
 
     async def __aenter__(self) -> Self:
@@ -91,14 +112,21 @@ class HttpServer:
         exposed = exposure_problem(self.host, bool(self.config.auth.keys))
         if exposed is not None:
             raise ConfigError.from_problems([exposed])
+        exposed = metrics_exposure_problem(self.config, self.host)
+        if exposed is not None:
+            raise ConfigError.from_problems([exposed])
         if not self.config.auth.keys:
             log.warning("auth.disabled", reason="no auth.keys configured; serving on loopback only")
         runner = OtpdAppRunner(
-            create_app(self.source), self.config.server, access_log=None, handle_signals=False
+            self._app(), self.config.server, access_log=None, handle_signals=False
         )
-        await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self.port)
+            await runner.setup()
+        except BaseException:  # a later startup step failed: close what opened before it
+            await runner.cleanup()
+            raise
+        try:
+            site = web.TCPSite(runner, self.host, self.port, reuse_port=self.reuse_port or None)
             await site.start()
         except OSError as exc:
             await runner.cleanup()
@@ -121,6 +149,10 @@ class HttpServer:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+
+    def _app(self) -> web.Application:
+        """The application served (the whole API here; see :mod:`otpd.api.health`)."""
+        return create_app(self.source)
 
     @property
     def otpd(self) -> Otpd:

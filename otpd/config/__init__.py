@@ -8,15 +8,17 @@ of provider names, ``model`` the whole :class:`Config` with the rules that span 
 
 from otpd.config.checks import Problem, is_loopback
 from otpd.config.loader import load_config, masked_config
-from otpd.config.model import Config, exposure_problem
+from otpd.config.model import Config, exposure_problem, metrics_exposure_problem
 from otpd.config.sections import (
     ApiKey,
+    AuditConfig,
     AuthConfig,
     BreakerConfig,
     DispatchConfig,
     EmailConfig,
     LinksConfig,
     LoggingConfig,
+    MetricsConfig,
     OtpConfig,
     OutboxConfig,
     ProductConfig,
@@ -25,6 +27,7 @@ from otpd.config.sections import (
     SmsConfig,
     StoreConfig,
     TokensConfig,
+    TotpConfig,
 )
 from otpd.config.vendors import (
     EMAIL_PROVIDERS,
@@ -45,6 +48,7 @@ __all__ = [
     "PROVIDERS",
     "SMS_PROVIDERS",
     "ApiKey",
+    "AuditConfig",
     "AuthConfig",
     "BreakerConfig",
     "Config",
@@ -53,6 +57,7 @@ __all__ = [
     "LinksConfig",
     "LoggingConfig",
     "MailgunConfig",
+    "MetricsConfig",
     "OtpConfig",
     "OutboxConfig",
     "Problem",
@@ -67,10 +72,12 @@ __all__ = [
     "SnsConfig",
     "StoreConfig",
     "TokensConfig",
+    "TotpConfig",
     "TwilioConfig",
     "VonageConfig",
     "exposure_problem",
     "is_loopback",
     "load_config",
     "masked_config",
+    "metrics_exposure_problem",
 ]

@@ -10,12 +10,14 @@ from typing import Any
 
 from otpd.config.checks import Problem, is_loopback, is_web_url, raise_problems
 from otpd.config.sections import (
+    AuditConfig,
     AuthConfig,
     BreakerConfig,
     DispatchConfig,
     EmailConfig,
     LinksConfig,
     LoggingConfig,
+    MetricsConfig,
     OtpConfig,
     OutboxConfig,
     ProductConfig,
@@ -24,6 +26,7 @@ from otpd.config.sections import (
     SmsConfig,
     StoreConfig,
     TokensConfig,
+    TotpConfig,
 )
 from otpd.config.vendors import (
     PROVIDERS,
@@ -36,7 +39,7 @@ from otpd.config.vendors import (
     VonageConfig,
 )
 
-__all__ = ["Config", "exposure_problem"]
+__all__ = ["Config", "exposure_problem", "metrics_exposure_problem"]
 
 
 def exposure_problem(host: str, has_keys: bool) -> Problem | None:
@@ -47,6 +50,23 @@ def exposure_problem(host: str, has_keys: bool) -> Problem | None:
         "auth.keys",
         "no API keys configured; without keys otpd serves only on a loopback address "
         f"(server.host is {host!r})",
+    )
+
+
+def metrics_exposure_problem(config: Config, api_host: str) -> Problem | None:
+    """In production ``/metrics`` without ``metrics.token`` is served on loopback only
+    (``api_host``: where the API listens, as it serves ``/metrics`` unless
+    ``metrics.port`` gives it a listener of its own)."""
+    metrics = config.metrics
+    if config.server.env != "production" or metrics.token:
+        return None
+    key, host = ("metrics.host", metrics.host) if metrics.separate else ("server.host", api_host)
+    if is_loopback(host):
+        return None
+    return Problem(
+        "metrics.token",
+        f"production serves /metrics on a non-loopback address ({key} is {host!r}) only "
+        "with a token: set metrics.token, or metrics.port with a loopback metrics.host",
     )
 
 
@@ -73,8 +93,11 @@ class Config:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     links: LinksConfig = field(default_factory=LinksConfig)
     tokens: TokensConfig = field(default_factory=TokensConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     product: ProductConfig = field(default_factory=ProductConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    totp: TotpConfig = field(default_factory=TotpConfig)
 
     def __post_init__(self) -> None:
         raise_problems(self.problems())
@@ -102,6 +125,11 @@ class Config:
         exposed = exposure_problem(self.server.host, bool(self.auth.keys))
         if exposed is not None:
             yield exposed
+        exposed = metrics_exposure_problem(self, self.server.host)
+        if exposed is not None:
+            yield exposed
+        if self.metrics.separate and self.metrics.port == self.server.port:
+            yield Problem("metrics.port", "must differ from server.port")
         for name in (*self.email.providers, *self.sms.providers):
             if name not in PROVIDERS:
                 continue  # reported by the section itself

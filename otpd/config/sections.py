@@ -16,6 +16,7 @@ from otpd.config.vendors import EMAIL_PROVIDERS, SMS_PROVIDERS
 
 __all__ = [
     "ApiKey",
+    "AuditConfig",
     "AuthConfig",
     "BreakerConfig",
     "DispatchConfig",
@@ -23,6 +24,7 @@ __all__ = [
     "EncryptionKey",
     "LinksConfig",
     "LoggingConfig",
+    "MetricsConfig",
     "OtpConfig",
     "OutboxConfig",
     "ProductConfig",
@@ -31,6 +33,7 @@ __all__ = [
     "SmsConfig",
     "StoreConfig",
     "TokensConfig",
+    "TotpConfig",
     "sentinel_addresses",
 ]
 
@@ -432,6 +435,23 @@ class TokensConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditConfig:
+    """The audit trail: security events kept in the store, besides their log lines."""
+
+    enabled: bool = True
+    retention_days: int = 90
+
+    def __post_init__(self) -> None:
+        c = Checks("audit")
+        c.need(1 <= self.retention_days <= 3660, "retention_days", "must be 1 to 3660")
+        c.done()
+
+    @property
+    def retention_ms(self) -> int:
+        return self.retention_days * 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
 class ProductConfig:
     name: str = "otpd"
     logo_url: str = ""
@@ -440,6 +460,69 @@ class ProductConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Who may read ``/metrics``: callers with the bearer ``token`` (when set), on the API
+    listener (``port = 0``) or only on a listener of its own at ``host:port``."""
+
+    token: str = secret()
+    host: str = "127.0.0.1"
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        c = Checks("metrics")
+        c.need(
+            0 <= self.port <= 65535,
+            "port",
+            "0 (serve /metrics on the API listener) or a port from 1 to 65535",
+        )
+        c.need(bool(self.host), "host", "must not be empty")
+        c.need(
+            not self.token or (len(self.token) >= 16 and self.token.strip() == self.token),
+            "token",
+            "at least 16 characters, no surrounding spaces (make one: "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))')",
+        )
+        c.done()
+
+    @property
+    def separate(self) -> bool:
+        """Served only on its own listener, not on the API's."""
+        return self.port != 0
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class TotpConfig:
+    """Authenticator-app codes (RFC 6238) and the recovery codes that go with them."""
+
+    digits: int = 6
+    period: int = 30
+    algorithm: str = "SHA1"
+    window: int = 1
+    issuer: str = ""  # empty: product.name
+    max_failures: int = 5
+    lockout_seconds: int = 900
+
+    def __post_init__(self) -> None:
+        c = Checks("totp")
+        c.need(6 <= self.digits <= 8, "digits", "must be 6 to 8")
+        c.need(15 <= self.period <= 300, "period", "must be 15 to 300")
+        c.need(
+            self.algorithm in ("SHA1", "SHA256", "SHA512"),
+            "algorithm",
+            "must be SHA1, SHA256 or SHA512",
+        )
+        c.need(0 <= self.window <= 10, "window", "must be 0 to 10")
+        c.need(
+            len(self.issuer) <= 100 and ":" not in self.issuer,
+            "issuer",
+            "at most 100 characters, without ':'",
+        )
+        c.need(1 <= self.max_failures <= 1000, "max_failures", "must be 1 to 1000")
+        c.need(1 <= self.lockout_seconds <= 86400, "lockout_seconds", "must be 1 to 86400")
+        c.done()

@@ -27,7 +27,7 @@ from otpd.models import Channel, Message, TaskRecord, TaskStatus
 from otpd.providers.chain import ProviderChain
 from otpd.store.base import LimitExceeded, Store
 
-__all__ = ["Admission", "Dispatcher", "ShutdownReport", "new_task_id"]
+__all__ = ["Admission", "AuditSink", "Dispatcher", "ShutdownReport", "new_task_id"]
 
 log = structlog.get_logger("otpd.dispatch")
 
@@ -47,6 +47,13 @@ class Admission(Protocol):
 
     async def admit(self, message: Message, member: str, now: float) -> LimitExceeded | None:
         """Count one send of ``message`` unless a limit is full (then count nothing)."""
+
+
+class AuditSink(Protocol):
+    """Where the final status of each delivery is recorded (the audit trail)."""
+
+    async def record(self, event: str, *, recipient: str | None = None, **fields: str) -> None:
+        """Record ``event``; ``recipient`` in clear (the sink masks it). Never raises."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +78,7 @@ class Dispatcher:
         queue: DeliveryQueue | None = None,
         retry: RetryPolicy | None = None,
         admission: Admission | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         self.store = store
         self.chains = dict(chains)
@@ -82,6 +90,7 @@ class Dispatcher:
             config.max_attempts, config.backoff_base_seconds, config.backoff_max_seconds
         )
         self.admission = admission
+        self.audit = audit
         self._workers: list[asyncio.Task[None]] = []
         self._interrupted: list[Job] = []
         self._accepting = False
@@ -95,6 +104,7 @@ class Dispatcher:
             raise RuntimeError("the dispatcher is already running")
         await self.queue.__aenter__()
         self._open = True
+        self._metrics.add_sampler(self._sample)
         self._workers = [
             asyncio.create_task(self._work(), name=f"otpd-worker-{i}")
             for i in range(self.config.workers)
@@ -118,6 +128,13 @@ class Dispatcher:
     def depth(self) -> int:
         return self.queue.depth
 
+    async def _sample(self) -> None:
+        """Set the queue gauges (run at every scrape of the metrics)."""
+        backlog, oldest = await self.queue.backlog()
+        self._metrics.queue_depth.set(self.queue.depth)
+        self._metrics.queue_backlog.set(backlog)
+        self._metrics.queue_oldest_age.set(oldest)
+
     async def wait_idle(self) -> None:
         """Wait until every accepted task reached a final status (retries included)."""
         await self.queue.idle()
@@ -129,6 +146,7 @@ class Dispatcher:
             return self.last_report or ShutdownReport()
         self._open = False
         self._accepting = False
+        self._metrics.remove_sampler(self._sample)
         # Retries waiting for their backoff would outlive the drain: hold them now.
         self.queue.hold_retries()
         drained = True
@@ -399,6 +417,8 @@ class Dispatcher:
         else:
             await self._persist(job, self.store.update_task(job.record))
         self._metrics.tasks.labels(job.record.channel.value, status.value).inc()
+        if dead:
+            self._metrics.dead_letters.labels(job.record.channel.value).inc()
         log.info(
             "task.finished",
             task_id=job.record.task_id,
@@ -409,3 +429,25 @@ class Dispatcher:
             provider=job.record.provider,
             error=error or None,
         )
+        if self.audit is not None:
+            await _audit_final(self.audit, job, status, error)
+
+
+async def _audit_final(audit: AuditSink, job: Job, status: TaskStatus, error: str) -> None:
+    record = job.record
+    fields = dict(job.message.audit)
+    if status is TaskStatus.FAILED:
+        # a provider's answer after the reason may quote the recipient: never kept
+        kept = error if error.startswith("rate_limited:") else error.partition(":")[0]
+        fields["reason"] = kept.strip() or "failed"
+    if record.provider:
+        fields["provider"] = record.provider
+    await audit.record(
+        "message_sent" if status is TaskStatus.SENT else "message_failed",
+        recipient=job.message.to,
+        task_id=record.task_id,
+        channel=record.channel.value,
+        tag=record.tag,
+        attempts=str(record.attempts),
+        **fields,
+    )

@@ -155,6 +155,12 @@ class DurableQueue:
     def depth(self) -> int:
         return 0 if self._ready is None else self._ready.qsize()
 
+    async def backlog(self) -> tuple[int, float]:
+        # the streams are shared by every daemon; jobs accepted only here (the store's
+        # fallback) are added
+        local = len(self._local_jobs)
+        return await self.streams.backlog() + local, await self.streams.oldest_age()
+
     # ------------------------------------------------------------------ intake
 
     async def put(self, job: Job) -> None:

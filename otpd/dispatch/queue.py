@@ -58,6 +58,10 @@ class DeliveryQueue(Protocol):
     def depth(self) -> int:
         """Jobs accepted and not yet taken by a worker."""
 
+    async def backlog(self) -> tuple[int, float]:
+        """For the metrics: tasks queued, with a worker or waiting for a retry, and the
+        age in seconds of the oldest one queued or with a worker (0 when none)."""
+
     async def put(self, job: Job) -> None:
         """Record ``job`` as queued and accept it; raise ``UnavailableError`` when full."""
 
@@ -121,6 +125,7 @@ class InProcessQueue:
         self._retry_due: asyncio.Event | None = None
         self._deferred: dict[asyncio.TimerHandle, Job] = {}
         self._dead: OrderedDict[str, tuple[DeadLetter, Job]] = OrderedDict()
+        self._queued_at: dict[str, float] = {}  # task id -> when queued, oldest first
 
     async def __aenter__(self) -> Self:
         if self._queue is not None:
@@ -152,7 +157,16 @@ class InProcessQueue:
         if queue.qsize() + len(self._waiting) >= self.config.queue_size:
             raise UnavailableError("the delivery queue is full")
         await self.store.put_task(job.record, self.config.task_ttl_seconds)
-        queue.put_nowait(job)
+        self._enqueue(job)
+
+    def _enqueue(self, job: Job) -> None:
+        self.queue.put_nowait(job)
+        self._queued_at.setdefault(job.record.task_id, self._clock.time())
+
+    async def backlog(self) -> tuple[int, float]:
+        waiting = len(self._queued_at) + len(self._waiting)  # queued, with a worker, deferred
+        oldest = next(iter(self._queued_at.values()), None)
+        return waiting, 0.0 if oldest is None else max(0.0, self._clock.time() - oldest)
 
     async def put_refused(self, job: Job) -> None:
         await self.store.put_task(job.record, self.config.task_ttl_seconds)
@@ -167,6 +181,7 @@ class InProcessQueue:
     async def done(self, job: Job, *, dead_letter: bool = False) -> None:
         await self.store.update_task(job.record)
         self.queue.task_done()
+        self._queued_at.pop(job.record.task_id, None)
         if dead_letter:
             self._keep_dead(job)
 
@@ -231,7 +246,7 @@ class InProcessQueue:
 
         def again() -> None:
             self._deferred.pop(handle, None)
-            queue.put_nowait(job)
+            self._enqueue(job)
             queue.task_done()  # the put above counts the job again
 
         handle = loop.call_later(delay, again)
@@ -244,11 +259,12 @@ class InProcessQueue:
         finally:
             handle = asyncio.get_running_loop().call_later(delay, self._due, job)
             self._waiting[job.record.task_id] = (job, handle)
+            self._queued_at.pop(job.record.task_id, None)
             queue.task_done()
 
     def _due(self, job: Job) -> None:
         self._waiting.pop(job.record.task_id, None)
-        self.queue.put_nowait(job)
+        self._enqueue(job)
         if self._retry_due is not None:
             self._retry_due.set()
 
@@ -278,6 +294,7 @@ class InProcessQueue:
             if self._queue is not None:
                 self._queue.task_done()
         self._deferred.clear()
+        self._queued_at.clear()
         if self._queue is not None:
             while not self._queue.empty():
                 leftover.append(self._queue.get_nowait())

@@ -2,9 +2,11 @@
 
 ``otp`` (codes), ``links/`` (verification and reset links), ``messages`` (generic
 sends), ``sms_guard`` (fraud and cost rules), ``tasks`` (task reads), ``limits`` (every
-rate limit and what its refusal means), ``deps`` (what services are built with).
+rate limit and what its refusal means), ``audit`` (the audit trail), ``deps`` (what
+services are built with).
 """
 
+from otpd.services.audit import AuditTrail
 from otpd.services.deps import ServiceDeps
 from otpd.services.limits import LimitPolicy, SendingLimits
 from otpd.services.links import LinkService, Reminders
@@ -14,6 +16,7 @@ from otpd.services.sms_guard import SmsGuard
 from otpd.services.tasks import TaskService
 
 __all__ = [
+    "AuditTrail",
     "LimitPolicy",
     "LinkService",
     "MessageService",

@@ -9,6 +9,7 @@ from otpd.crypto import Hasher
 from otpd.dispatch import Dispatcher
 from otpd.metrics import Metrics
 from otpd.sealing import Keyring
+from otpd.services.audit import AuditTrail
 from otpd.services.limits import LimitPolicy
 from otpd.store import Store
 from otpd.templating import TemplateRenderer
@@ -26,3 +27,4 @@ class ServiceDeps:
     metrics: Metrics
     limits: LimitPolicy
     keyring: Keyring  # what is kept at rest beyond keyed hashes is sealed with it
+    audit: AuditTrail

@@ -9,6 +9,7 @@ being processed is told to retry (409 ``idempotency_key_in_use``).
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 from dataclasses import dataclass
@@ -82,6 +83,7 @@ class MessageService:
         self.clock = deps.clock
         self.limits = deps.limits
         self.sms_guard = sms_guard
+        self.audit = deps.audit
 
     async def send(
         self,
@@ -166,7 +168,15 @@ class MessageService:
                 await self.sms_guard.admit(message.to)
             except RateLimitedError as exc:
                 self.limits.record_refusal([message], exc)
+                await self.audit.record(
+                    "sms_blocked",
+                    channel=message.channel.value,
+                    recipient=message.to,
+                    reason=exc.details.get("reason") or exc.details.get("scope"),
+                    tag=message.tag,
+                )
                 raise
+        message = dataclasses.replace(message, audit=self.audit.context())
         record = await self.dispatcher.enqueue(message)
         log.info(
             "message.queued",

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import structlog
-
 from otpd.config import OtpConfig
 from otpd.crypto import new_code, new_id
-from otpd.errors import ValidationError
+from otpd.errors import SmsBlockedError, ValidationError
 from otpd.models import Channel, Delivery, Message, OtpChannel, OtpIssued, VerifyResult
 from otpd.services.deps import ServiceDeps
 from otpd.services.sms_guard import SmsGuard
@@ -25,8 +23,6 @@ from otpd.validation import (
 )
 
 __all__ = ["OtpService"]
-
-log = structlog.get_logger("otpd.otp")
 
 
 class OtpService:
@@ -80,7 +76,11 @@ class OtpService:
         target = None
         if phone and Channel.SMS in channels:
             target = self.sms_guard.target(parse_phone(phone))
-            self.sms_guard.check_static(target)
+            try:
+                self.sms_guard.check_static(target)
+            except SmsBlockedError as exc:
+                await self._sms_blocked(exc, user_id, purpose, target.e164, client_ip, user_agent)
+                raise
         to_phone = target.e164 if target is not None else None
 
         code = new_code(self.config.length)
@@ -115,7 +115,11 @@ class OtpService:
         charge = None
         if target is not None:
             limits += self.sms_guard.limits(target)
-            charge = await self.sms_guard.charge_budget(target)
+            try:
+                charge = await self.sms_guard.charge_budget(target)
+            except SmsBlockedError as exc:
+                await self._sms_blocked(exc, user_id, purpose, target.e164, client_ip, user_agent)
+                raise
 
         now = self.clock.time()
         record = OtpRecord(
@@ -135,31 +139,44 @@ class OtpService:
                 await self.sms_guard.refund(charge)
             policy.record_refusal(messages, refused)
             error = policy.error(refused, "otp", "too many codes requested; try again later")
-            log.info(
-                f"audit.{error.code}" if error.code == "sms_blocked" else "audit.otp_rate_limited",
+            await self.deps.audit.record(
+                "sms_blocked" if error.code == "sms_blocked" else "otp_rate_limited",
                 user_id=user_id,
                 purpose=purpose,
+                channel=otp_channel.value,
+                recipient=[m.to for m in messages],
+                reason=refused.scope,
                 scope=refused.scope,
                 client_ip=client_ip,
+                user_agent=user_agent,
             )
             raise error
 
         deliveries = []
+        audit = self.deps.audit
+        carried = audit.context(
+            user_id=user_id,
+            otp_id=record.otp_id,
+            purpose=purpose,
+            client_ip=client_ip,
+            user_agent=user_agent,
+        )
         for message in messages:
             # not sent once the code it carries has expired
-            message = dataclasses.replace(message, expires_at=record.expires_at)
+            message = dataclasses.replace(message, expires_at=record.expires_at, audit=carried)
             task = await self.dispatcher.enqueue(message)
             deliveries.append(Delivery(message.channel, task.task_id))
         self.metrics.otp_issued.labels(otp_channel.value).inc()
-        log.info(
-            "audit.otp_issued",
+        await audit.record(
+            "otp_issued",
             otp_id=record.otp_id,
             user_id=user_id,
             purpose=purpose,
             channel=otp_channel.value,
+            recipient=[m.to for m in messages],
             client_ip=client_ip,
             user_agent=user_agent,
-            tasks=[d.task_id for d in deliveries],
+            task_id=[d.task_id for d in deliveries],
         )
         return OtpIssued(record.otp_id, record.expires_at, tuple(deliveries))
 
@@ -184,14 +201,37 @@ class OtpService:
         result = outcome.result
         label = "verified" if result.verified else str(result.reason)
         self.metrics.otp_verified.labels(label).inc()
-        log.info(
-            "audit.otp_verified" if result.verified else "audit.otp_rejected",
+        await self.deps.audit.record(
+            "otp_verified" if result.verified else "otp_failed",
+            log_as="otp_verified" if result.verified else "otp_rejected",
             otp_id=outcome.otp_id or None,
             user_id=user_id,
             purpose=purpose,
+            channel=outcome.channel or None,
             result=label,
+            reason=None if result.verified else label,
             attempts_left=result.attempts_left,
             client_ip=client_ip,
             user_agent=user_agent,
         )
         return result
+
+    async def _sms_blocked(
+        self,
+        exc: SmsBlockedError,
+        user_id: str,
+        purpose: str,
+        phone: str,
+        client_ip: str | None,
+        user_agent: str | None,
+    ) -> None:
+        await self.deps.audit.record(
+            "sms_blocked",
+            user_id=user_id,
+            purpose=purpose,
+            channel="sms",
+            recipient=phone,
+            reason=exc.reason,
+            client_ip=client_ip,
+            user_agent=user_agent,
+        )

@@ -81,6 +81,7 @@ class SmsGuard:
         self.hasher = deps.hasher
         self.clock = deps.clock
         self.metrics = deps.metrics
+        self.metrics.sms_budget.set(config.daily_budget)
 
     async def admit(self, phone_e164: str) -> None:
         """Return if one SMS to ``phone_e164`` may be sent, and count it; raise otherwise.

@@ -6,6 +6,8 @@
 
 from otpd.store.base import (
     TOKEN_FIELDS,
+    AuditEntry,
+    AuditPage,
     Bucket,
     BucketKind,
     Claim,
@@ -23,6 +25,8 @@ from otpd.store.registry import StoreDeps, create_store, register_backend
 
 __all__ = [
     "TOKEN_FIELDS",
+    "AuditEntry",
+    "AuditPage",
     "Bucket",
     "BucketKind",
     "Claim",

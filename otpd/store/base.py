@@ -7,6 +7,8 @@ keys is each backend's own business (:mod:`otpd.store.keys` for the built-in one
 from __future__ import annotations
 
 import enum
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from types import TracebackType
@@ -15,7 +17,12 @@ from typing import Protocol, Self
 from otpd.models import TaskRecord, VerifyResult
 
 __all__ = [
+    "AUDIT_GLOBAL_CAP",
+    "AUDIT_MAX_LIMIT",
     "TOKEN_FIELDS",
+    "TOTP_FIELDS",
+    "AuditEntry",
+    "AuditPage",
     "Bucket",
     "BucketKind",
     "Claim",
@@ -27,7 +34,13 @@ __all__ = [
     "TokenCheck",
     "TokenOutcome",
     "TokenRecord",
+    "TotpCheck",
+    "TotpOutcome",
+    "TotpRecord",
     "VerifyOutcome",
+    "audit_bounds",
+    "audit_id",
+    "parse_audit_id",
 ]
 
 
@@ -208,6 +221,43 @@ class Claim:
         return cls(ClaimState.SETTLED, fingerprint, value)
 
 
+AUDIT_MAX_LIMIT = 1000
+"""The most audit events one query returns."""
+AUDIT_GLOBAL_CAP = 100_000
+"""About how many events without a user the built-in backends keep (newest first)."""
+
+AuditPage = tuple[list[dict[str, str]], str | None]
+"""Audit events newest first (each with its ``id``), and the cursor of the next page
+(``None``: there is none)."""
+
+AuditEntry = tuple[dict[str, str], str | None, float]
+"""One record to keep: the record, its user (``None``: no user), and when it happened."""
+
+_AUDIT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+_U64 = (1 << 64) - 1
+
+
+def parse_audit_id(value: str) -> tuple[int, int] | None:
+    """``"1800000000000-3"`` as ``(ms, seq)``; None unless it is exactly such an id (a
+    Redis stream entry id, what audit cursors are)."""
+    match = _AUDIT_ID.fullmatch(value)
+    if match is None:
+        return None
+    ms, seq = int(match[1]), int(match[2])
+    return (ms, seq) if ms <= _U64 and seq <= _U64 else None
+
+
+def audit_id(ms: int, seq: int) -> str:
+    return f"{ms}-{seq}"
+
+
+def audit_bounds(since: float | None, until: float | None) -> tuple[int, int]:
+    """The first and last millisecond (inclusive) of an audit query's time range."""
+    lo = 0 if since is None else max(0, math.ceil(since * 1000))
+    hi = _U64 if until is None else max(0, math.floor(until * 1000))
+    return lo, hi
+
+
 class Store(Protocol):
     """Atomic operations on codes, tokens, limits and task records.
 
@@ -287,3 +337,105 @@ class Store(Protocol):
     async def release(self, scope: str, ref: str, fingerprint: str) -> None:
         """Drop the caller's pending claim so that the next request can claim it; do
         nothing if it is settled or no longer the caller's."""
+
+    async def append_audit(
+        self, record: dict[str, str], user_id: str | None, retention_ms: int, now: float
+    ) -> str:
+        """Keep one audit record (under ``user_id``, or with the events of no user) for
+        ``retention_ms``; return its id (``<ms>-<seq>``, later records sort higher)."""
+
+    async def append_audits(self, entries: Sequence[AuditEntry], retention_ms: int) -> list[str]:
+        """:meth:`append_audit` for each ``(record, user_id, now)``, in order, in one round
+        trip; their ids."""
+
+    async def audit_events(
+        self,
+        user_id: str | None,
+        event: str | None,
+        since: float | None,
+        until: float | None,
+        limit: int,
+        cursor: str | None,
+    ) -> AuditPage:
+        """The records of ``user_id`` (``None``: of no user) newest first, of ``event``
+        only when given, recorded from ``since`` to ``until`` (inclusive), at most
+        ``limit``, older than the record ``cursor`` names (a page's next cursor)."""
+
+    async def totp_begin(
+        self, user_id: str, record: TotpRecord, expires_at: float, now: float
+    ) -> bool:
+        """Start or restart the pending TOTP enrolment of ``user_id`` until ``expires_at``;
+        False (and nothing changed) when TOTP is enabled for the user already."""
+
+    async def totp_get(self, user_id: str, *, pending: bool, now: float) -> TotpRecord | None:
+        """The user's enabled TOTP record (``pending``: the pending enrolment), or None."""
+
+    async def totp_check(
+        self,
+        user_id: str,
+        sealed_secret: str,
+        steps: Sequence[int],
+        lockout: Limit,
+        member: str,
+        now: float,
+        *,
+        confirm: Sequence[str] | None = None,
+    ) -> TotpOutcome:
+        """Atomically accept the first of ``steps`` (the steps whose code matched, oldest
+        first) above the stored last step, and store it as the last step: of concurrent
+        calls with one code exactly one gets OK, the others REPLAYED. No step at all is a
+        failure, counted on ``lockout`` as ``member``; a full ``lockout`` is LOCKED before
+        anything else. CHANGED: the record no longer holds ``sealed_secret`` (read it
+        again). With ``confirm`` (the recovery code hashes), the pending enrolment is
+        checked instead and, on OK, enabled with them."""
+
+    async def totp_use_recovery(
+        self, user_id: str, code_hash: str, lockout: Limit, member: str, now: float
+    ) -> TotpOutcome:
+        """Consume the recovery code hashing to ``code_hash`` (compared in constant time):
+        OK with how many are left, else INVALID (a failure on ``lockout``), LOCKED or
+        MISSING (TOTP is not enabled)."""
+
+    async def totp_set_recovery(self, user_id: str, code_hashes: Sequence[str]) -> bool:
+        """Replace the recovery codes of an enabled user; False when TOTP is not enabled."""
+
+    async def totp_delete(self, user_id: str) -> bool:
+        """Remove the user's TOTP secret, recovery codes and pending enrolment; whether TOTP
+        was enabled."""
+
+
+@dataclass(frozen=True, slots=True)
+class TotpRecord:
+    """A user's TOTP secret, sealed with the keyring (never in clear), its parameters and
+    the step of the last code accepted (-1: none yet)."""
+
+    sealed_secret: str
+    algorithm: str
+    digits: int
+    period: int
+    last_step: int = -1
+
+
+TOTP_FIELDS = tuple(f.name for f in fields(TotpRecord))
+"""The stored fields of a TOTP record, in the one order every backend uses."""
+
+
+class TotpCheck(enum.StrEnum):
+    """What a TOTP or recovery code check found."""
+
+    OK = "ok"
+    INVALID = "invalid_code"
+    REPLAYED = "replayed"
+    MISSING = "missing"
+    """No enabled TOTP (no pending enrolment, for a confirmation)."""
+    CHANGED = "changed"
+    """The secret was replaced since the caller read it."""
+    LOCKED = "locked"
+    """Too many failures: ``retry_after`` seconds until one more is allowed."""
+
+
+@dataclass(frozen=True, slots=True)
+class TotpOutcome:
+    check: TotpCheck
+    retry_after: float = 0.0
+    remaining: int = 0

@@ -32,6 +32,8 @@ from otpd.errors import StoreDegradedError, UnavailableError
 from otpd.metrics import Metrics
 from otpd.models import TaskRecord
 from otpd.store.base import (
+    AuditEntry,
+    AuditPage,
     Claim,
     ClaimState,
     Limit,
@@ -40,7 +42,10 @@ from otpd.store.base import (
     Store,
     TokenOutcome,
     TokenRecord,
+    TotpOutcome,
+    TotpRecord,
     VerifyOutcome,
+    parse_audit_id,
 )
 from otpd.store.memory import MemoryStore
 
@@ -365,3 +370,110 @@ class FallbackStore:
             lambda: self.primary.release(scope, ref, fingerprint),
             lambda: self.local.release(scope, ref, fingerprint),
         )
+
+    # ------------------------------------------------------------------ audit
+
+    async def append_audit(
+        self, record: dict[str, str], user_id: str | None, retention_ms: int, now: float
+    ) -> str:
+        # a record kept locally is better than none (and the log line has it anyway)
+        return await self._either(
+            "append_audit",
+            lambda: self.primary.append_audit(record, user_id, retention_ms, now),
+            lambda: self.local.append_audit(record, user_id, retention_ms, now),
+        )
+
+    async def append_audits(self, entries: Sequence[AuditEntry], retention_ms: int) -> list[str]:
+        return await self._either(
+            "append_audit",
+            lambda: self.primary.append_audits(entries, retention_ms),
+            lambda: self.local.append_audits(entries, retention_ms),
+        )
+
+    async def audit_events(
+        self,
+        user_id: str | None,
+        event: str | None,
+        since: float | None,
+        until: float | None,
+        limit: int,
+        cursor: str | None,
+    ) -> AuditPage:
+        """The primary's records and those kept locally during outages, merged by id
+        (both are times of this clock); only the local ones while degraded."""
+        local = await self.local.audit_events(user_id, event, since, until, limit, cursor)
+        if self._degraded:
+            return local
+        try:
+            primary = await self.primary.audit_events(user_id, event, since, until, limit, cursor)
+        except UnavailableError as exc:
+            self.note_unavailable("audit_events", exc)
+            return local
+        return _merged(primary, local, limit)
+
+    # ------------------------------------------------------------------ TOTP
+    # An enrolment is long-lived and its replay check must be the one of every instance:
+    # a local copy could accept a code another instance accepted already. TOTP never falls
+    # back; it answers 503 (StoreDegradedError) while the primary cannot be reached.
+
+    async def totp_begin(
+        self, user_id: str, record: TotpRecord, expires_at: float, now: float
+    ) -> bool:
+        return await self._primary_only(
+            "totp_begin", lambda: self.primary.totp_begin(user_id, record, expires_at, now)
+        )
+
+    async def totp_get(self, user_id: str, *, pending: bool, now: float) -> TotpRecord | None:
+        return await self._primary_only(
+            "totp_get", lambda: self.primary.totp_get(user_id, pending=pending, now=now)
+        )
+
+    async def totp_check(
+        self,
+        user_id: str,
+        sealed_secret: str,
+        steps: Sequence[int],
+        lockout: Limit,
+        member: str,
+        now: float,
+        *,
+        confirm: Sequence[str] | None = None,
+    ) -> TotpOutcome:
+        return await self._primary_only(
+            "totp_check",
+            lambda: self.primary.totp_check(
+                user_id, sealed_secret, steps, lockout, member, now, confirm=confirm
+            ),
+        )
+
+    async def totp_use_recovery(
+        self, user_id: str, code_hash: str, lockout: Limit, member: str, now: float
+    ) -> TotpOutcome:
+        return await self._primary_only(
+            "totp_use_recovery",
+            lambda: self.primary.totp_use_recovery(user_id, code_hash, lockout, member, now),
+        )
+
+    async def totp_set_recovery(self, user_id: str, code_hashes: Sequence[str]) -> bool:
+        return await self._primary_only(
+            "totp_set_recovery", lambda: self.primary.totp_set_recovery(user_id, code_hashes)
+        )
+
+    async def totp_delete(self, user_id: str) -> bool:
+        return await self._primary_only("totp_delete", lambda: self.primary.totp_delete(user_id))
+
+
+def _merged(a: AuditPage, b: AuditPage, limit: int) -> AuditPage:
+    """Two pages newest first as one: a next cursor when either had more or the two hold
+    more than ``limit``; with no record in either, the cursor that read less far."""
+
+    def key(entry: dict[str, str]) -> tuple[int, int]:
+        return parse_audit_id(entry["id"]) or (0, 0)
+
+    events = sorted(a[0] + b[0], key=key, reverse=True)
+    if len(events) > limit:
+        return events[:limit], events[limit - 1]["id"]
+    if events:
+        return events, events[-1]["id"] if a[1] or b[1] else None
+    cursors = [c for c in (a[1], b[1]) if c is not None]
+    return [], max(cursors, key=lambda c: parse_audit_id(c) or (0, 0)) if cursors else None

@@ -57,3 +57,20 @@ class KeyLayout:
 
     def counter(self, name: str) -> str:
         return f"{self.prefix}ctr:{{c:{name}}}"
+
+    def audit_user(self, user_id: str) -> str:
+        """The audit stream of a user: the user's hash tag, like the user's codes."""
+        return f"{self.prefix}audit:{{u:{user_id}}}"
+
+    def audit_global(self) -> str:
+        """The capped audit stream of events that name no user."""
+        return f"{self.prefix}audit:{{g:audit}}"
+
+    def totp(self, user_id: str) -> str:
+        """A user's enabled TOTP secret (sealed), last step and recovery code hashes: the
+        user's hash tag, like the user's failure window."""
+        return f"{self.prefix}totp:{{u:{user_id}}}"
+
+    def totp_pending(self, user_id: str) -> str:
+        """A user's pending TOTP enrolment, until it is confirmed or expires."""
+        return f"{self.prefix}totp:{{u:{user_id}}}:pending"

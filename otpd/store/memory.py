@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import math
+from collections import deque
 from collections.abc import Sequence
 from heapq import heappop, heappush
 from types import TracebackType
@@ -23,6 +25,8 @@ from otpd.clock import Clock, SystemClock
 from otpd.errors import UnavailableError
 from otpd.models import TaskRecord, VerifyReason, VerifyResult
 from otpd.store.base import (
+    AuditEntry,
+    AuditPage,
     Claim,
     Limit,
     LimitExceeded,
@@ -30,7 +34,13 @@ from otpd.store.base import (
     TokenCheck,
     TokenOutcome,
     TokenRecord,
+    TotpCheck,
+    TotpOutcome,
+    TotpRecord,
     VerifyOutcome,
+    audit_bounds,
+    audit_id,
+    parse_audit_id,
 )
 from otpd.store.keys import KeyLayout
 from otpd.store.windows import Window, ms
@@ -44,6 +54,15 @@ T = TypeVar("T")
 _FREE_PER_OP = 32
 
 _OTP_FIELDS = tuple(f.name for f in dataclasses.fields(OtpRecord))
+
+AUDIT_CAP = 10_000
+"""The audit records one process keeps, all users together: the oldest go first."""
+
+
+class _Audited(NamedTuple):
+    key: tuple[int, int]  # (ms, seq): the Redis stream entry id
+    user_id: str | None
+    record: dict[str, str]
 
 
 class _Code(NamedTuple):
@@ -66,7 +85,14 @@ class _Code(NamedTuple):
         return cls(*[getattr(record, name) for name in _OTP_FIELDS])
 
 
-_Value = _Code | TokenRecord | TaskRecord | Window | float | str
+class _Totp(NamedTuple):
+    """A TOTP record and, once enabled, the hashes of its recovery codes."""
+
+    record: TotpRecord
+    recovery: tuple[str, ...] = ()
+
+
+_Value = _Code | TokenRecord | TaskRecord | Window | float | str | _Totp
 
 
 class MemoryStore:
@@ -83,6 +109,10 @@ class MemoryStore:
         # push; an item whose key was deleted or queued again is dropped when it comes up.
         self._deadlines: list[tuple[float, str]] = []
         self._queued: dict[str, float] = {}
+        # audit records: one ring, oldest first, and each user's records in the same order
+        self._audit: deque[_Audited] = deque()
+        self._audit_of: dict[str | None, deque[_Audited]] = {}
+        self._audit_last = (0, 0)
         self._closed = False
 
     async def __aenter__(self) -> Self:
@@ -98,9 +128,10 @@ class MemoryStore:
 
     async def aclose(self) -> None:
         self._closed = True
-        for held in (self._data, self._expires, self._queued):
+        for held in (self._data, self._expires, self._queued, self._audit_of):
             held.clear()
         self._deadlines.clear()
+        self._audit.clear()
 
     def sweep(self, now: float | None = None) -> int:
         """Free every key whose deadline has passed by ``now`` (the store's clock by
@@ -359,3 +390,182 @@ class MemoryStore:
         if self._get(key, str) == Claim.pending(fingerprint):
             self._delete(key)
         self._done()
+
+    # ------------------------------------------------------------------ audit
+
+    async def append_audit(
+        self, record: dict[str, str], user_id: str | None, retention_ms: int, now: float
+    ) -> str:
+        now_ms = ms(now)
+        last_ms, last_seq = self._audit_last
+        # ids never go back, as XADD refuses an id below the stream's top
+        key = (now_ms, 0) if now_ms > last_ms else (last_ms, last_seq + 1)
+        self._audit_last = key
+        entry = _Audited(key, user_id, dict(record))
+        self._audit.append(entry)
+        self._audit_of.setdefault(user_id, deque()).append(entry)
+        cutoff = now_ms - retention_ms
+        ring = self._audit
+        while ring and (len(ring) > AUDIT_CAP or ring[0].key[0] < cutoff):
+            self._drop_oldest_audit()
+        self._done(now)
+        return audit_id(*key)
+
+    async def append_audits(self, entries: Sequence[AuditEntry], retention_ms: int) -> list[str]:
+        return [
+            await self.append_audit(record, user_id, retention_ms, now)
+            for record, user_id, now in entries
+        ]
+
+    def _drop_oldest_audit(self) -> None:
+        oldest = self._audit.popleft()
+        # the oldest record of all is the oldest of its user too
+        mine = self._audit_of[oldest.user_id]
+        mine.popleft()
+        if not mine:
+            del self._audit_of[oldest.user_id]
+
+    async def audit_events(
+        self,
+        user_id: str | None,
+        event: str | None,
+        since: float | None,
+        until: float | None,
+        limit: int,
+        cursor: str | None,
+    ) -> AuditPage:
+        lo, hi = audit_bounds(since, until)
+        below = parse_audit_id(cursor) if cursor is not None else None
+        if cursor is not None and below is None:
+            raise ValueError("not an audit cursor")
+        found: list[_Audited] = []
+        for entry in reversed(self._audit_of.get(user_id, ())):
+            if entry.key[0] > hi or (below is not None and entry.key >= below):
+                continue
+            if entry.key[0] < lo or len(found) > limit:
+                break
+            if event is None or entry.record.get("event") == event:
+                found.append(entry)
+        self._done()
+        more = len(found) > limit
+        events = [{"id": audit_id(*e.key), **e.record} for e in found[:limit]]
+        return events, events[-1]["id"] if more else None
+
+    # ------------------------------------------------------------------ TOTP
+
+    def _lockout(self, lockout: Limit, now: float) -> float | None:
+        """Seconds until ``lockout`` takes one more failure; None when it takes one now
+        (``check_limits`` of limits.lua for one limit, without counting)."""
+        now_ms = ms(now)
+        window_ms = lockout.window * 1000
+        key = self._keys.limit(lockout.bucket, lockout.window)
+        window = self._live_window(key, now_ms - window_ms)
+        count = len(window) if window is not None else 0
+        if window is None or count < lockout.limit:
+            return None
+        return max(0.0, (window.time_at(count - lockout.limit) + window_ms - now_ms) / 1000)
+
+    async def totp_begin(
+        self, user_id: str, record: TotpRecord, expires_at: float, now: float
+    ) -> bool:
+        enabled = self._get(self._keys.totp(user_id), _Totp, now) is not None
+        if not enabled:
+            self._set(self._keys.totp_pending(user_id), _Totp(record), expires_at)
+        self._done(now)
+        return not enabled
+
+    async def totp_get(self, user_id: str, *, pending: bool, now: float) -> TotpRecord | None:
+        key = self._keys.totp_pending(user_id) if pending else self._keys.totp(user_id)
+        found = self._get(key, _Totp, now)
+        self._done(now)
+        return None if found is None else found.record
+
+    async def totp_check(
+        self,
+        user_id: str,
+        sealed_secret: str,
+        steps: Sequence[int],
+        lockout: Limit,
+        member: str,
+        now: float,
+        *,
+        confirm: Sequence[str] | None = None,
+    ) -> TotpOutcome:
+        outcome = self._totp_check(user_id, sealed_secret, steps, lockout, member, now, confirm)
+        self._done(now)
+        return outcome
+
+    def _totp_check(
+        self,
+        user_id: str,
+        sealed_secret: str,
+        steps: Sequence[int],
+        lockout: Limit,
+        member: str,
+        now: float,
+        confirm: Sequence[str] | None,
+    ) -> TotpOutcome:
+        key = self._keys.totp(user_id) if confirm is None else self._keys.totp_pending(user_id)
+        found = self._get(key, _Totp, now)
+        if found is None:
+            return TotpOutcome(TotpCheck.MISSING)
+        if found.record.sealed_secret != sealed_secret:
+            return TotpOutcome(TotpCheck.CHANGED)
+        locked = self._lockout(lockout, now)
+        if locked is not None:
+            return TotpOutcome(TotpCheck.LOCKED, locked)
+        if not steps:
+            self._count([lockout], now, member)
+            return TotpOutcome(TotpCheck.INVALID)
+        fresh = [step for step in steps if step > found.record.last_step]
+        if not fresh:
+            return TotpOutcome(TotpCheck.REPLAYED)
+        record = dataclasses.replace(found.record, last_step=fresh[0])
+        if confirm is None:
+            self._data[key] = found._replace(record=record)
+        else:
+            self._delete(key)
+            self._set(self._keys.totp(user_id), _Totp(record, tuple(confirm)), math.inf)
+        return TotpOutcome(TotpCheck.OK)
+
+    async def totp_use_recovery(
+        self, user_id: str, code_hash: str, lockout: Limit, member: str, now: float
+    ) -> TotpOutcome:
+        key = self._keys.totp(user_id)
+        found = self._get(key, _Totp, now)
+        locked = None if found is None else self._lockout(lockout, now)
+        if found is None:
+            outcome = TotpOutcome(TotpCheck.MISSING)
+        elif locked is not None:
+            outcome = TotpOutcome(TotpCheck.LOCKED, locked)
+        else:
+            matched = -1
+            for i, stored in enumerate(found.recovery):
+                # every code compared, in constant time
+                if hmac.compare_digest(stored, code_hash) and matched < 0:
+                    matched = i
+            if matched < 0:
+                self._count([lockout], now, member)
+                outcome = TotpOutcome(TotpCheck.INVALID)
+            else:
+                left = found.recovery[:matched] + found.recovery[matched + 1 :]
+                self._data[key] = found._replace(recovery=left)
+                outcome = TotpOutcome(TotpCheck.OK, remaining=len(left))
+        self._done(now)
+        return outcome
+
+    async def totp_set_recovery(self, user_id: str, code_hashes: Sequence[str]) -> bool:
+        key = self._keys.totp(user_id)
+        found = self._get(key, _Totp)
+        if found is not None:
+            self._data[key] = found._replace(recovery=tuple(code_hashes))
+        self._done()
+        return found is not None
+
+    async def totp_delete(self, user_id: str) -> bool:
+        key = self._keys.totp(user_id)
+        found = self._get(key, _Totp) is not None
+        self._forget(key)
+        self._forget(self._keys.totp_pending(user_id))
+        self._done()
+        return found

@@ -250,6 +250,7 @@ def production(**overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "auth_token": "t",
             "from_number": "+15005550006",
         },
+        "metrics": {"token": "metrics-token-0123456789"},  # /metrics on 0.0.0.0 needs one
     }
     for section, values in overrides.items():
         data[section] = {**data[section], **values}

@@ -8,6 +8,7 @@ from otpd.crypto import Hasher
 from otpd.dispatch import Dispatcher
 from otpd.metrics import Metrics
 from otpd.sealing import Keyring
+from otpd.services.audit import AuditTrail
 from otpd.services.deps import ServiceDeps
 from otpd.services.limits import LimitPolicy
 from otpd.store import Store
@@ -28,4 +29,5 @@ def service_deps(config: Config, store: Store, clock: Clock) -> ServiceDeps:
         metrics=metrics,
         limits=LimitPolicy(config, hasher, metrics),
         keyring=Keyring.from_secret(TEST_SECRET.encode()),
+        audit=AuditTrail(config.audit, store, clock=clock),
     )

@@ -14,6 +14,8 @@ from otpd.config import StoreConfig, load_config
 from otpd.metrics import Metrics
 from otpd.models import TaskRecord
 from otpd.store import (
+    AuditEntry,
+    AuditPage,
     Claim,
     Limit,
     LimitExceeded,
@@ -26,6 +28,7 @@ from otpd.store import (
     create_store,
     register_backend,
 )
+from otpd.store.base import TotpOutcome, TotpRecord
 from otpd.store.memory import MemoryStore
 
 
@@ -115,6 +118,68 @@ class WrappedStore:
     async def release(self, scope: str, ref: str, fingerprint: str) -> None:
         self.calls += 1
         await self.inner.release(scope, ref, fingerprint)
+
+    async def append_audit(
+        self, record: dict[str, str], user_id: str | None, retention_ms: int, now: float
+    ) -> str:
+        self.calls += 1
+        return await self.inner.append_audit(record, user_id, retention_ms, now)
+
+    async def append_audits(self, entries: Sequence[AuditEntry], retention_ms: int) -> list[str]:
+        self.calls += 1
+        return await self.inner.append_audits(entries, retention_ms)
+
+    async def audit_events(
+        self,
+        user_id: str | None,
+        event: str | None,
+        since: float | None,
+        until: float | None,
+        limit: int,
+        cursor: str | None,
+    ) -> AuditPage:
+        self.calls += 1
+        return await self.inner.audit_events(user_id, event, since, until, limit, cursor)
+
+    async def totp_begin(
+        self, user_id: str, record: TotpRecord, expires_at: float, now: float
+    ) -> bool:
+        self.calls += 1
+        return await self.inner.totp_begin(user_id, record, expires_at, now)
+
+    async def totp_get(self, user_id: str, *, pending: bool, now: float) -> TotpRecord | None:
+        self.calls += 1
+        return await self.inner.totp_get(user_id, pending=pending, now=now)
+
+    async def totp_check(
+        self,
+        user_id: str,
+        sealed_secret: str,
+        steps: Sequence[int],
+        lockout: Limit,
+        member: str,
+        now: float,
+        *,
+        confirm: Sequence[str] | None = None,
+    ) -> TotpOutcome:
+        self.calls += 1
+        return await self.inner.totp_check(
+            user_id, sealed_secret, steps, lockout, member, now, confirm=confirm
+        )
+
+    async def totp_use_recovery(
+        self, user_id: str, code_hash: str, lockout: Limit, member: str, now: float
+    ) -> TotpOutcome:
+        self.calls += 1
+        return await self.inner.totp_use_recovery(user_id, code_hash, lockout, member, now)
+
+    async def totp_set_recovery(self, user_id: str, code_hashes: Sequence[str]) -> bool:
+        self.calls += 1
+        return await self.inner.totp_set_recovery(user_id, code_hashes)
+
+    async def totp_delete(self, user_id: str) -> bool:
+        self.calls += 1
+        return await self.inner.totp_delete(user_id)
 
 
 def _wrapped(config: StoreConfig, deps: StoreDeps) -> Store:

@@ -271,3 +271,98 @@ async def test_a_closed_store_fails_its_ping(store: Store) -> None:
     await store.aclose()
     with pytest.raises(UnavailableError):
         await store.ping()
+
+
+# ---------------------------------------------------------------------- audit records
+
+DAY_MS = 86_400_000
+
+
+def audit(event: str, n: int = 0) -> dict[str, str]:
+    return {"event": event, "at": f"t{n}", "recipient": "j***@example.com"}
+
+
+async def test_audit_records_come_back_newest_first_per_user(
+    store: Store, clock: FakeClock
+) -> None:
+    ids = []
+    for n, event in enumerate(("otp_issued", "otp_failed", "otp_verified")):
+        ids.append(await store.append_audit(audit(event, n), "u1", DAY_MS, clock.time()))
+        clock.advance(1)
+    await store.append_audit(audit("otp_issued"), "u2", DAY_MS, clock.time())
+    await store.append_audit(audit("api_unauthorized"), None, DAY_MS, clock.time())
+
+    events, cursor = await store.audit_events("u1", None, None, None, 100, None)
+    assert [e["event"] for e in events] == ["otp_verified", "otp_failed", "otp_issued"]
+    assert [e["id"] for e in events] == ids[::-1]
+    assert events[0] == {"id": ids[2], **audit("otp_verified", 2)}
+    assert cursor is None
+    assert [e["event"] for e in (await store.audit_events("u2", None, None, None, 9, None))[0]] == [
+        "otp_issued"
+    ]
+    (no_user,), _ = await store.audit_events(None, None, None, None, 9, None)
+    assert no_user["event"] == "api_unauthorized"
+    assert (await store.audit_events("nobody", None, None, None, 9, None)) == ([], None)
+
+
+async def test_audit_ids_grow_within_a_millisecond_and_when_the_clock_steps_back(
+    store: Store, clock: FakeClock
+) -> None:
+    now = clock.time()
+    ids = [await store.append_audit(audit("otp_failed", n), "u1", DAY_MS, now) for n in range(3)]
+    ids.append(await store.append_audit(audit("otp_failed", 3), "u1", DAY_MS, now - 60))
+    keys = [tuple(int(p) for p in i.split("-")) for i in ids]
+    assert keys == sorted(keys) and len(set(keys)) == 4
+    assert keys[0][0] == round(now * 1000)
+    events, _ = await store.audit_events("u1", None, None, None, 10, None)
+    assert [e["at"] for e in events] == ["t3", "t2", "t1", "t0"]
+
+
+async def test_audit_pages_follow_the_cursor_to_the_end(store: Store, clock: FakeClock) -> None:
+    for n in range(5):
+        await store.append_audit(audit("otp_failed", n), "u1", DAY_MS, clock.time())
+        clock.advance(1)
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        events, cursor = await store.audit_events("u1", None, None, None, 2, cursor)
+        pages += 1
+        seen += [e["at"] for e in events]
+        if cursor is None:
+            break
+        assert cursor == events[-1]["id"]
+    assert seen == ["t4", "t3", "t2", "t1", "t0"]
+    assert pages == 3
+    # exactly a page's worth left: no cursor to an empty page
+    events, cursor = await store.audit_events("u1", None, None, None, 5, None)
+    assert len(events) == 5 and cursor is None
+
+
+async def test_audit_queries_filter_by_event_and_time(store: Store, clock: FakeClock) -> None:
+    start = clock.time()
+    for n in range(6):
+        event = "otp_failed" if n % 2 else "otp_issued"
+        await store.append_audit(audit(event, n), "u1", DAY_MS, clock.time())
+        clock.advance(10)
+    failed, cursor = await store.audit_events("u1", "otp_failed", None, None, 100, None)
+    assert [e["at"] for e in failed] == ["t5", "t3", "t1"] and cursor is None
+    page, cursor = await store.audit_events("u1", "otp_failed", None, None, 2, None)
+    assert [e["at"] for e in page] == ["t5", "t3"] and cursor == page[-1]["id"]
+    rest, cursor = await store.audit_events("u1", "otp_failed", None, None, 2, cursor)
+    assert [e["at"] for e in rest] == ["t1"] and cursor is None
+    # since and until are inclusive, in seconds
+    ranged, _ = await store.audit_events("u1", None, start + 10, start + 30, 100, None)
+    assert [e["at"] for e in ranged] == ["t3", "t2", "t1"]
+    assert (await store.audit_events("u1", None, start + 31, start + 39, 100, None))[0] == []
+
+
+async def test_audit_records_past_the_retention_are_trimmed(store: Store, clock: FakeClock) -> None:
+    retention_ms = 3_600_000
+    await store.append_audit(audit("otp_issued", 0), "u1", retention_ms, clock.time())
+    clock.advance(1800)
+    await store.append_audit(audit("otp_failed", 1), "u1", retention_ms, clock.time())
+    clock.advance(1801)  # the first is now older than the retention, the second is not
+    await store.append_audit(audit("otp_verified", 2), "u1", retention_ms, clock.time())
+    events, _ = await store.audit_events("u1", None, None, None, 100, None)
+    assert [e["at"] for e in events] == ["t2", "t1"]

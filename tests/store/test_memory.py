@@ -374,7 +374,9 @@ async def test_issuing_costs_the_same_with_100k_hits_in_the_shared_windows(
     mem: MemoryStore, clock: FakeClock
 ) -> None:
     """100,000 issues, each with a fresh user's limits and two shared limits every call
-    hits; the last 10,000 must run at least half as fast as the first 10,000. Rates are
+    hits; the last 10,000 must run at least a third as fast as the first 10,000 (a cost
+    that grew with the hits held would be ten times slower by then; a core shared with
+    another test worker can cost half). Rates are
     medians of 500-call batches in this process's CPU time: a full pass of the garbage
     collector (amortised O(1), but a 100 ms pause late in a run) or another process
     taking the CPU lands in one batch, not in the comparison."""
@@ -393,7 +395,7 @@ async def test_issuing_costs_the_same_with_100k_hits_in_the_shared_windows(
     segment = 10_000 // batch
     first, last = statistics.median(rates[:segment]), statistics.median(rates[-segment:])
     print(f"issue_otp ops/s: first 10k {first:,.0f}, last 10k {last:,.0f}, x{last / first:.2f}")
-    assert last >= 0.5 * first
+    assert last >= first / 3
     # the shared windows really held every hit: 100,000 of 100,000 refuses one more
     full = Limit("probe", Bucket.shared("email_send"), total, HOUR)
     assert await mem.hit_limits([full], "probe", clock.time()) is not None

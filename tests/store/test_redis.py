@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import uuid
@@ -9,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 
 from otpd.app import Otpd
 from otpd.clock import FakeClock
@@ -16,6 +18,7 @@ from otpd.config import Config, load_config
 from otpd.errors import UnavailableError
 from otpd.store.base import Bucket, Limit, OtpRecord
 from otpd.store.redis import RedisStore, load_script
+from otpd.totp import hotp, time_step
 from tests.conftest import free_port
 
 
@@ -135,16 +138,67 @@ async def test_sms_otp_issue_costs_the_code_script_and_the_task_record_only(
 ) -> None:
     async with Otpd(make_config("redis")) as daemon:
         daemon.dispatcher.queue.hold_retries()  # no background reads: only the request shows
-        trips = await count_round_trips(
-            raw,
-            lambda: daemon.otp.issue(
+        answered: list[float] = []
+
+        async def issue() -> None:
+            await daemon.otp.issue(
                 user_id="u1", channel="sms", phone="+14155552671", client_ip="203.0.113.1"
-            ),
-        )
+            )
+            answered.append(len(daemon.audit._pending))
+            await daemon.audit.flush()
+
+        trips = await count_round_trips(raw, issue)
     # the guard's caps and range velocity ride in the issue script; the task record and
-    # its stream entry are the second script
-    assert [c.split()[0] for c in trips] == ["EVALSHA", "EVALSHA"]
+    # its stream entry are the second script; the audit record (otp_issued) is the third,
+    # written by the trail's writer once the request is answered
+    assert answered == [1]
+    assert [c.split()[0] for c in trips] == ["EVALSHA", "EVALSHA", "EVALSHA"]
     enqueue = hashlib.sha1(
         load_script("task_enqueue", shebang=True).encode(), usedforsecurity=False
     ).hexdigest()
     assert enqueue in trips[1]
+    assert "audit:{u:u1}" in trips[2]
+
+
+async def test_an_audit_record_is_one_evalsha_into_the_users_stream_with_a_ttl(
+    rstore: RedisStore, raw: aioredis.Redis, clock: FakeClock
+) -> None:
+    trips = await count_round_trips(
+        raw,
+        lambda: rstore.append_audit({"event": "otp_issued"}, "u42", 3_600_000, clock.time()),
+    )
+    assert [c.split()[0] for c in trips] == ["EVALSHA"]
+    key = rstore.layout.audit_user("u42")
+    # the user's hash tag: on a cluster it lives in the slot of the user's codes
+    assert key_slot(key.encode()) == key_slot(rstore.layout.otp("u42", "login").encode())
+    assert await raw.type(key) == "stream"
+    assert 3590 <= await raw.ttl(key) <= 3600
+    assert await raw.exists(rstore.layout.audit_global()) == 0
+    await rstore.append_audit({"event": "api_unauthorized"}, None, 3_600_000, clock.time())
+    assert await raw.xlen(rstore.layout.audit_global()) == 1
+
+
+async def test_a_totp_verify_is_one_evalsha_once_the_process_has_read_the_enrolment(
+    make_config: Callable[..., Config], raw: aioredis.Redis
+) -> None:
+    async with Otpd(make_config("redis")) as daemon:
+        daemon.dispatcher.queue.hold_retries()
+        totp, now = daemon.totp, daemon.clock.time()
+        enrolled = await totp.enroll(user_id="t1", account_name="t1@example.com")
+        secret = base64.b32decode(enrolled.secret + "=" * (-len(enrolled.secret) % 8))
+        step = time_step(now)
+        assert (await totp.confirm(user_id="t1", code=hotp(secret, step))).enabled
+
+        async def verify(code: str) -> None:
+            await totp.verify(user_id="t1", code=code)
+            await daemon.audit.flush()  # its record goes out after the answer: not counted
+
+        first = await count_round_trips(raw, lambda: verify(hotp(secret, step + 1)))
+        # a new process reads the enrolment first, then checks and advances in one script
+        fresh = type(totp)(totp.config, totp.deps, issuer=totp.issuer)
+        second = await count_round_trips(
+            raw, lambda: fresh.verify(user_id="t1", code=hotp(secret, step - 1))
+        )
+    verbs = [c.split()[0] for c in first if "audit:" not in c]
+    assert verbs == ["EVALSHA"], first
+    assert [c.split()[0] for c in second if "audit:" not in c] == ["HMGET", "EVALSHA"], second

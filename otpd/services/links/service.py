@@ -139,6 +139,12 @@ class LinkService:
             rendered.html,
             req.template,
             expires_at=now + ttl,
+            audit=deps.audit.context(
+                user_id=req.user_id,
+                purpose=req.purpose,
+                client_ip=req.client_ip,
+                user_agent=req.user_agent,
+            ),
         )
         token_id = new_id("tok")
         record = TokenRecord(
@@ -157,10 +163,15 @@ class LinkService:
         if refused is not None:
             deps.limits.count(refused, req.purpose)
             deps.limits.record_refusal([message], refused)
-            log.info(
-                f"audit.{req.purpose}_rate_limited",
+            await deps.audit.record(
+                "link_rate_limited",
+                log_as=f"{req.purpose}_rate_limited",
                 user_id=req.user_id,
+                purpose=req.purpose,
                 template=req.template,
+                channel=Channel.EMAIL.value,
+                recipient=req.email,
+                reason=refused.scope,
                 scope=refused.scope,
                 client_ip=req.client_ip,
                 user_agent=req.user_agent,
@@ -171,11 +182,15 @@ class LinkService:
 
     async def send(self, prepared: Prepared, req: LinkRequest) -> LinkIssued:
         task = await self.deps.dispatcher.enqueue(prepared.message)
-        log.info(
-            f"audit.{req.purpose}_requested",
+        await self.deps.audit.record(
+            "link_issued",
+            log_as=f"{req.purpose}_requested",
             token_id=prepared.record.token_id,
             user_id=req.user_id,
+            purpose=req.purpose,
             template=req.template,
+            channel=Channel.EMAIL.value,
+            recipient=req.email,
             task_id=task.task_id,
             client_ip=req.client_ip,
             user_agent=req.user_agent,
@@ -262,7 +277,13 @@ class LinkService:
         action = "confirm" if consume else "check"
         if not self.tokens.is_well_formed(token):
             deps.metrics.link_tokens_used.labels(purpose, action, "malformed").inc()
-            log.info(f"audit.{purpose}_token_rejected", action=action, reason="malformed")
+            await deps.audit.record(
+                "link_invalid",
+                log_as=f"{purpose}_token_rejected",
+                purpose=purpose,
+                action=action,
+                reason="malformed",
+            )
             raise InvalidTokenError()
         outcome = await deps.store.use_token(
             self.tokens.owner_of(token),
@@ -274,18 +295,29 @@ class LinkService:
         deps.metrics.link_tokens_used.labels(purpose, action, outcome.check.value).inc()
         if outcome.check is not TokenCheck.OK or outcome.record is None:
             # The reason is for the audit trail only: callers get one answer for all.
-            log.info(
-                f"audit.{purpose}_token_rejected",
+            await deps.audit.record(
+                "link_invalid",
+                log_as=f"{purpose}_token_rejected",
+                purpose=purpose,
                 action=action,
                 reason=outcome.check.value,
                 user_id=outcome.user_id or None,
             )
             raise InvalidTokenError()
         rec = outcome.record
-        log.info(
-            f"audit.{purpose}_token_{'confirmed' if consume else 'checked'}",
+        if not consume:
+            event = "link_checked"
+        elif purpose == RESET:
+            event = "password_reset_confirmed"
+        else:
+            event = "link_confirmed"
+        await deps.audit.record(
+            event,
+            log_as=f"{purpose}_token_{'confirmed' if consume else 'checked'}",
             token_id=rec.token_id,
             user_id=rec.user_id,
+            purpose=purpose,
+            action=action,
         )
         return TokenOwner(rec.user_id, self._email_of(rec), rec.expires_at)
 

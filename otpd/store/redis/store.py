@@ -26,7 +26,11 @@ from otpd.errors import UnavailableError
 from otpd.metrics import Metrics
 from otpd.models import Channel, TaskRecord, TaskStatus, VerifyReason, VerifyResult
 from otpd.store.base import (
+    AUDIT_GLOBAL_CAP,
     TOKEN_FIELDS,
+    TOTP_FIELDS,
+    AuditEntry,
+    AuditPage,
     Claim,
     Limit,
     LimitExceeded,
@@ -34,7 +38,12 @@ from otpd.store.base import (
     TokenCheck,
     TokenOutcome,
     TokenRecord,
+    TotpCheck,
+    TotpOutcome,
+    TotpRecord,
     VerifyOutcome,
+    audit_bounds,
+    parse_audit_id,
 )
 from otpd.store.keys import KeyLayout
 from otpd.store.redis.errors import (
@@ -68,7 +77,19 @@ _SCRIPTS = (
     "task_retry",
     "task_promote",
     "task_replay",
+    "audit_append",
+    # TOTP (otpd.services.totp)
+    "totp_begin",
+    "totp_check",
+    "totp_recovery",
+    "totp_set_recovery",
+    "totp_delete",
 )
+
+# An audit query with an event filter reads the stream in batches, at most this many
+# entries per call; past that it answers what it found and a cursor to go on from.
+_AUDIT_BATCH = 500
+_AUDIT_SCAN_MAX = 10_000
 
 # The fields of multi-value script replies, named once here (the scripts say the same).
 _LIMITS_REPLY = ("allowed", "index", "retry_ms")  # limits.lua, put_limited, hit_limits
@@ -151,8 +172,9 @@ class RedisStore:
         self._redis: aioredis.Redis | None = None
         self._sentinels: list[aioredis.Redis] = []  # the clients that ask where the master is
         self._watch: asyncio.Task[None] | None = None
-        # cluster only: at most max_connections operations at once (see call)
-        self._gate = asyncio.Semaphore(config.max_connections) if config.mode == "cluster" else None
+        # at most max_connections operations at once, waiting up to pool_timeout_seconds
+        # for a turn (see call): redis-py's pools refuse past their size
+        self._gate = asyncio.Semaphore(config.max_connections)
         self._scripts: dict[str, AsyncScript] = {}
         # sentinel mode: replicas that must have each write before it is answered
         self._acks = config.replica_acks if config.mode == "sentinel" else 0
@@ -217,7 +239,9 @@ class RedisStore:
         by itself, and every error left over is mapped in :meth:`call`."""
         cfg = self.config
         common: dict[str, Any] = {
-            "socket_timeout": cfg.socket_timeout_seconds,
+            # standalone and sentinel: one deadline per operation (see _call) instead of
+            # redis-py's timer per command sent and per reply read
+            "socket_timeout": cfg.socket_timeout_seconds if cfg.mode == "cluster" else None,
             "socket_connect_timeout": cfg.socket_timeout_seconds,
             "decode_responses": True,
         }
@@ -254,11 +278,8 @@ class RedisStore:
                 max_connections=cfg.max_connections,
             )
             return cast(aioredis.Redis, client)
-        pool = aioredis.BlockingConnectionPool.from_url(
-            cfg.redis_url,
-            max_connections=cfg.max_connections,
-            timeout=cfg.pool_timeout_seconds,
-            **common,
+        pool = aioredis.ConnectionPool.from_url(
+            cfg.redis_url, max_connections=cfg.max_connections, **common
         )
         return aioredis.Redis(connection_pool=pool)
 
@@ -302,25 +323,30 @@ class RedisStore:
     async def call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run one store operation; every redis-py failure becomes UnavailableError."""
         gate = self._gate
-        if gate is not None:
-            # The cluster client's per-node pools refuse a connection past their size
-            # instead of waiting for one, as the standalone pool does: wait here instead,
-            # as long as store.pool_timeout_seconds allows.
+        if gate.locked():
+            # every connection is busy: wait for one as long as store.pool_timeout_seconds
+            # allows (redis-py's own waiting pool costs a lock and a timer on every call,
+            # busy or not; a free turn here costs nothing)
             try:
                 async with asyncio.timeout(self.config.pool_timeout_seconds):
                     await gate.acquire()
             except TimeoutError:
                 self._health.failed(op, "pool_exhausted", TimeoutError())
                 raise UnavailableError("the store is unavailable (no free connection)") from None
-            try:
-                return await self._call(op, fn)
-            finally:
-                gate.release()
-        return await self._call(op, fn)
+        else:
+            await gate.acquire()
+        try:
+            return await self._call(op, fn)
+        finally:
+            gate.release()
 
     async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
         try:
-            result = await fn()
+            if self.cluster:  # the cluster client times each command and retries by itself
+                result = await fn()
+            else:
+                async with asyncio.timeout(self.config.socket_timeout_seconds):
+                    result = await fn()
         except Exception as exc:
             kind = error_kind(exc)
             if kind is None:
@@ -631,3 +657,197 @@ class RedisStore:
     async def release(self, scope: str, ref: str, fingerprint: str) -> None:
         key = self.layout.remembered(scope, ref)
         await self.script("settle_claim", [key], [Claim.pending(fingerprint), "", 0])
+
+    # ------------------------------------------------------------------ audit
+
+    async def append_audit(
+        self, record: dict[str, str], user_id: str | None, retention_ms: int, now: float
+    ) -> str:
+        key, args = self._audit_args(record, user_id, retention_ms, now)
+        return str(await self.script("audit_append", [key], args))
+
+    async def append_audits(self, entries: Sequence[AuditEntry], retention_ms: int) -> list[str]:
+        if not entries:
+            return []
+        calls = [self._audit_args(record, user, retention_ms, now) for record, user, now in entries]
+        if self.cluster:
+            # redis-py refuses EVALSHA in a cluster pipeline: one call per record, at once
+            replies = await asyncio.gather(
+                *(self.script("audit_append", [key], args) for key, args in calls)
+            )
+            return [str(r) for r in replies]
+        script = self._scripts.get("audit_append")
+        if script is None:
+            raise UnavailableError("the store is not open")
+        replies = await self.call("append_audit", lambda: self._pipelined(script, calls))
+        return [str(r) for r in replies]
+
+    async def _pipelined(
+        self, script: AsyncScript, calls: Sequence[tuple[str, list[Any]]]
+    ) -> list[Any]:
+        """One ``EVALSHA`` of ``script`` per ``(key, args)``, all in one round trip (and
+        the replicas' acknowledgement, in sentinel mode)."""
+        for attempt in (1, 2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key, args in calls:
+                    _ = pipe.evalsha(script.sha, 1, key, *args)
+                if self._acks:
+                    pipe.execute_command("WAIT", self._acks, self._ack_ms)
+                replies = await pipe.execute(raise_on_error=False)
+            if self._acks:
+                acked = replies.pop()
+                if isinstance(acked, Exception):
+                    raise acked
+                if int(acked) < self._acks:
+                    raise UnreplicatedWrite(f"{acked} of {self._acks} replicas acknowledged")
+            failed = [r for r in replies if isinstance(r, Exception)]
+            if not failed:
+                return list(replies)
+            if attempt == 1 and all(isinstance(r, redis_errors.NoScriptError) for r in failed):
+                await self.redis.script_load(script.script)  # a newly promoted primary
+                continue
+            raise failed[0]
+        raise AssertionError("unreachable")
+
+    def _audit_args(
+        self, record: dict[str, str], user_id: str | None, retention_ms: int, now: float
+    ) -> tuple[str, list[Any]]:
+        now_ms = max(0, _ms(now))
+        trim: list[Any]
+        if user_id is None:
+            # the events of no user (a refused API key) could be sent in any number: capped
+            key, trim = self.layout.audit_global(), ["MAXLEN", AUDIT_GLOBAL_CAP, "~"]
+        else:
+            # exact: a user's stream is small, and what outlived the retention must go
+            key = self.layout.audit_user(user_id)
+            trim = ["MINID", max(0, now_ms - retention_ms), "="]
+        flat = [part for item in record.items() for part in item]
+        return key, [now_ms, *trim, max(1, retention_ms), *flat]
+
+    async def audit_events(
+        self,
+        user_id: str | None,
+        event: str | None,
+        since: float | None,
+        until: float | None,
+        limit: int,
+        cursor: str | None,
+    ) -> AuditPage:
+        key = self.layout.audit_global() if user_id is None else self.layout.audit_user(user_id)
+        lo, hi = audit_bounds(since, until)
+        end = str(hi)
+        if cursor is not None:
+            below = parse_audit_id(cursor)
+            if below is None:
+                raise ValueError("not an audit cursor")
+            if below == (0, 0):
+                return [], None
+            if below[0] <= hi:
+                end = f"({cursor}"
+        if lo > hi:
+            return [], None
+        count = limit + 1 if event is None else _AUDIT_BATCH
+        found: list[dict[str, str]] = []
+        scanned = 0
+
+        async def read(end: str) -> list[tuple[str, dict[str, str]]]:
+            reply = await self.call(
+                "audit_events", lambda: self.redis.xrevrange(key, end, str(lo), count)
+            )
+            return cast(list[tuple[str, dict[str, str]]], reply)
+
+        while True:
+            batch = await read(end)
+            for entry_id, fields in batch:
+                if event is None or fields.get("event") == event:
+                    found.append({"id": entry_id, **fields})
+                    if len(found) > limit:
+                        return found[:limit], found[limit - 1]["id"]
+            scanned += len(batch)
+            if len(batch) < count:
+                return found, None
+            if scanned >= _AUDIT_SCAN_MAX:
+                # enough read for one call: the next page goes on below the last entry read
+                return found, batch[-1][0]
+            end = f"({batch[-1][0]}"
+
+    # ------------------------------------------------------------------ TOTP
+
+    async def totp_begin(
+        self, user_id: str, record: TotpRecord, expires_at: float, now: float
+    ) -> bool:
+        keys = [self.layout.totp(user_id), self.layout.totp_pending(user_id)]
+        fields = {**dataclasses.asdict(record), "expires_at": expires_at}
+        flat = [part for item in fields.items() for part in item]
+        ttl = max(1, _ms(expires_at - now))
+        return int(await self.script("totp_begin", keys, [ttl, *flat])) == 1
+
+    async def totp_get(self, user_id: str, *, pending: bool, now: float) -> TotpRecord | None:
+        key = self.layout.totp_pending(user_id) if pending else self.layout.totp(user_id)
+        names = [*TOTP_FIELDS, "expires_at"]
+        raw = await self.call("totp_get", lambda: self.redis.hmget(key, names))
+        values = _reply(tuple(names), cast(list[str | None], raw))
+        if values["sealed_secret"] is None:
+            return None
+        # a pending enrolment ends at its expires_at by the caller's clock (as codes do)
+        if values["expires_at"] is not None and now >= float(values["expires_at"]):
+            return None
+        return TotpRecord(
+            sealed_secret=values["sealed_secret"],
+            algorithm=values["algorithm"],
+            digits=int(values["digits"]),
+            period=int(values["period"]),
+            last_step=int(values["last_step"]),
+        )
+
+    @staticmethod
+    def _totp_outcome(reply: Sequence[Any]) -> TotpOutcome:
+        check = TotpCheck(reply[0])
+        if check is TotpCheck.LOCKED:
+            return TotpOutcome(check, retry_after=max(0.0, float(reply[1]) / 1000))
+        if check is TotpCheck.OK and len(reply) > 1:
+            return TotpOutcome(check, remaining=int(reply[1]))
+        return TotpOutcome(check)
+
+    async def totp_check(
+        self,
+        user_id: str,
+        sealed_secret: str,
+        steps: Sequence[int],
+        lockout: Limit,
+        member: str,
+        now: float,
+        *,
+        confirm: Sequence[str] | None = None,
+    ) -> TotpOutcome:
+        enabled = self.layout.totp(user_id)
+        checked = enabled if confirm is None else self.layout.totp_pending(user_id)
+        limit_keys, limit_args = self._limit_args([lockout])
+        args = [
+            _ms(now),
+            member,
+            sealed_secret,
+            *limit_args,
+            0 if confirm is None else 1,
+            len(steps),
+            *steps,
+            *(confirm or ()),
+        ]
+        reply = await self.script("totp_check", [checked, *limit_keys, enabled], args)
+        return self._totp_outcome(reply)
+
+    async def totp_use_recovery(
+        self, user_id: str, code_hash: str, lockout: Limit, member: str, now: float
+    ) -> TotpOutcome:
+        limit_keys, limit_args = self._limit_args([lockout])
+        args = [_ms(now), member, code_hash, *limit_args]
+        reply = await self.script("totp_recovery", [self.layout.totp(user_id), *limit_keys], args)
+        return self._totp_outcome(reply)
+
+    async def totp_set_recovery(self, user_id: str, code_hashes: Sequence[str]) -> bool:
+        key = self.layout.totp(user_id)
+        return int(await self.script("totp_set_recovery", [key], [" ".join(code_hashes)])) == 1
+
+    async def totp_delete(self, user_id: str) -> bool:
+        keys = [self.layout.totp(user_id), self.layout.totp_pending(user_id)]
+        return int(await self.script("totp_delete", keys, [])) == 1

@@ -254,3 +254,23 @@ class TaskStreams:
                 return await pipe.execute()
 
         return sum(int(n) for n in await self.store.call("backlog", count))
+
+    async def oldest_age(self) -> float:
+        """Seconds since the oldest entry of any ready stream (ready or pending) was added,
+        by the Redis clock that stamped it; 0 when every stream is empty."""
+
+        async def first() -> tuple[list[Any], Any]:
+            async with self.store.redis.pipeline(transaction=False) as pipe:
+                for p in self.partitions:
+                    _ = pipe.xrange(self.layout.ready(p), count=1)
+                heads = await pipe.execute()
+            return heads, await self.store.redis.time()
+
+        heads, now = await self.store.call("oldest_age", first)
+        stamps = [int(str(entries[0][0]).split("-")[0]) for entries in heads if entries]
+        if not stamps:
+            return 0.0
+        if isinstance(now, dict):  # a cluster answers per node: any node's clock will do
+            now = next(iter(now.values()))
+        now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
+        return max(0.0, (now_ms - min(stamps)) / 1000)
