@@ -176,6 +176,10 @@ async def test_an_audit_record_is_one_evalsha_into_the_users_stream_with_a_ttl(
     assert await raw.exists(rstore.layout.audit_global()) == 0
     await rstore.append_audit({"event": "api_unauthorized"}, None, 3_600_000, clock.time())
     assert await raw.xlen(rstore.layout.audit_global()) == 1
+    # the capped stream of events without a user keeps only the retention too
+    clock.advance(3601)
+    await rstore.append_audit({"event": "api_unauthorized"}, None, 3_600_000, clock.time())
+    assert await raw.xlen(rstore.layout.audit_global()) == 1
 
 
 async def test_a_totp_verify_is_one_evalsha_once_the_process_has_read_the_enrolment(

@@ -16,5 +16,9 @@ for i = 6, #ARGV do
   fields[#fields + 1] = ARGV[i]
 end
 local added = redis.call('XADD', KEYS[1], ARGV[2], ARGV[4], ARGV[3], id, unpack(fields))
+if ARGV[2] == 'MAXLEN' then
+  -- the capped stream (events of no user) keeps the retention too
+  redis.call('XTRIM', KEYS[1], 'MINID', tonumber(now) - tonumber(ARGV[5]))
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return added
