@@ -263,9 +263,11 @@ async def client(otpd: Otpd) -> AsyncIterator[TestClient[Any, Any]]:
 
 
 async def wait_idle(daemon: Otpd, timeout: float = 10.0) -> None:
-    """Until every task the daemon accepted is final: awaits the dispatcher going idle."""
+    """Until every task the daemon accepted is final (the dispatcher idle) and the audit
+    records of it are in the store (the trail's writer idle)."""
     async with asyncio.timeout(timeout):
         await daemon.dispatcher.wait_idle()
+        await daemon.audit.flush()
 
 
 Settle = Callable[..., Awaitable[None]]

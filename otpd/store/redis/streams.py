@@ -10,6 +10,7 @@ pending entry can be cut. Dead-letter streams are trimmed by age (``MINID``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -113,6 +114,12 @@ class TaskStreams:
             )
 
         reply = await self.store.call("read_queue", read) or []
+        if reply:
+            # The entry's XADD answered the request that wrote it in the same instant:
+            # let that request's answer go out before this delivery's work starts, so a
+            # request that queues a message is not slower to answer than one that does
+            # not (the reset flow's enumeration defence times exactly that).
+            await asyncio.sleep(0)
         found = [
             (by_key[key], entry_id, fields.get("t", ""))
             for key, entries in reply
