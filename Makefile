@@ -23,7 +23,7 @@ run: $(STAMP)
 # takes about half the time on two cores. PYTEST_ARGS adds options, e.g. -m "not slow".
 PYTEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check otpd tests bench
