@@ -14,6 +14,9 @@ from typing import Any, Self
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from otpd.config import EmailConfig, SmtpConfig
+from otpd.models import Channel, Message
+
 __all__ = ["Authenticator", "Received", "RecordingHandler", "SmtpSink"]
 
 
@@ -217,3 +220,31 @@ class SmtpSink:
         self.drop_all()
         await self.wait_all_closed()
         await server.wait_closed()
+
+
+RECIPIENT = "alice@example.com"
+SENDER = EmailConfig(from_address="no-reply@otpd.test", from_name="Acme Login")
+
+
+def email(to: str = RECIPIENT, **fields: Any) -> Message:
+    """An OTP email to ``to``, with ``fields`` replacing the defaults."""
+    values: dict[str, Any] = {
+        "subject": "Your sign-in code",
+        "text": "Your code is 493817.",
+        "html": "<p>Your code is <b>493817</b>.</p>",
+        "tag": "otp_code",
+    }
+    values.update(fields)
+    return Message(channel=Channel.EMAIL, to=to, **values)
+
+
+def smtp_config(port: int, **overrides: Any) -> SmtpConfig:
+    """The SMTP section for a sink on 127.0.0.1:``port``, plain unless overridden."""
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "tls": "none",
+        "timeout_seconds": 5.0,
+    }
+    values.update(overrides)
+    return SmtpConfig(**values)

@@ -16,9 +16,9 @@ import trustme
 from aiosmtplib import SMTPResponse
 
 from otpd.clock import FakeClock
-from otpd.config import EmailConfig, SmtpConfig
+from otpd.config import EmailConfig
 from otpd.errors import ConfigError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
-from otpd.models import Channel, Message
+from otpd.models import Channel
 from otpd.providers.smtp import SmtpProvider, classify_smtp_error
 from tests.conftest import free_port
 from tests.providers.helpers import (
@@ -28,32 +28,15 @@ from tests.providers.helpers import (
     hostile_message,
     hostile_sender,
 )
-from tests.providers.smtp_server import Authenticator, RecordingHandler, SmtpSink
-
-RECIPIENT = "alice@example.com"
-SENDER = EmailConfig(from_address="no-reply@otpd.test", from_name="Acme Login")
-
-
-def email(to: str = RECIPIENT, **fields: Any) -> Message:
-    values: dict[str, Any] = {
-        "subject": "Your sign-in code",
-        "text": "Your code is 493817.",
-        "html": "<p>Your code is <b>493817</b>.</p>",
-        "tag": "otp_code",
-    }
-    values.update(fields)
-    return Message(channel=Channel.EMAIL, to=to, **values)
-
-
-def smtp_config(port: int, **overrides: Any) -> SmtpConfig:
-    values: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": port,
-        "tls": "none",
-        "timeout_seconds": 5.0,
-    }
-    values.update(overrides)
-    return SmtpConfig(**values)
+from tests.providers.smtp_server import (
+    RECIPIENT,
+    SENDER,
+    Authenticator,
+    RecordingHandler,
+    SmtpSink,
+    email,
+    smtp_config,
+)
 
 
 async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
@@ -84,29 +67,10 @@ async def sink(handler: RecordingHandler) -> AsyncIterator[SmtpSink]:
 
 
 @pytest.fixture(scope="session")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="session")
-def server_tls(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-    return context
-
-
-@pytest.fixture(scope="session")
 def untrusted_server_tls() -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     trustme.CA().issue_cert("127.0.0.1").configure_cert(context)
     return context
-
-
-@pytest.fixture
-def ca_file(tmp_path: Path, ca: trustme.CA) -> str:
-    path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(path)
-    return str(path)
 
 
 # --- delivery and the message on the wire -------------------------------------------

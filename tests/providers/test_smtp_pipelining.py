@@ -13,44 +13,22 @@ import re
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, Self
 
 import pytest
-import trustme
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from otpd.clock import FakeClock
-from otpd.config import EmailConfig, SmtpConfig
 from otpd.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
-from otpd.models import Channel, Message
 from otpd.providers.smtp import SmtpProvider
-from tests.providers.smtp_server import RecordingHandler, SmtpSink
-
-RECIPIENT = "alice@example.com"
-SENDER = EmailConfig(from_address="no-reply@otpd.test", from_name="Acme Login")
-
-
-def email(to: str = RECIPIENT, **fields: Any) -> Message:
-    values: dict[str, Any] = {
-        "subject": "Your sign-in code",
-        "text": "Your code is 493817.",
-        "html": "<p>Your code is <b>493817</b>.</p>",
-        "tag": "otp_code",
-    }
-    values.update(fields)
-    return Message(channel=Channel.EMAIL, to=to, **values)
-
-
-def smtp_config(port: int, **overrides: Any) -> SmtpConfig:
-    values: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": port,
-        "tls": "none",
-        "timeout_seconds": 5.0,
-    }
-    values.update(overrides)
-    return SmtpConfig(**values)
+from tests.providers.smtp_server import (
+    RECIPIENT,
+    SENDER,
+    RecordingHandler,
+    SmtpSink,
+    email,
+    smtp_config,
+)
 
 
 def _over_tls(server: SMTP) -> bool:
@@ -173,25 +151,6 @@ async def round_trips_of_one_warm_message(
     before = tap.round_trips
     await provider.send(email(to=to))
     return tap.round_trips - before
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def server_tls(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    return context
-
-
-@pytest.fixture
-def ca_file(tmp_path: Path, ca: trustme.CA) -> str:
-    path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(path)
-    return str(path)
 
 
 # --- what goes on the wire ----------------------------------------------------------------

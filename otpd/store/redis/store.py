@@ -380,33 +380,41 @@ class RedisStore:
     async def _replicated_script(
         self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]
     ) -> Any:
-        """``EVALSHA`` then ``WAIT`` on the same connection, in one round trip. A primary
-        promoted by a failover may not have the script cached yet: load it and go again."""
-        for attempt in (1, 2):
-            try:
-                return await self._replicated(
-                    lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args)
-                )
-            except redis_errors.NoScriptError:
-                if attempt == 2:
-                    raise
-                await self.redis.script_load(script.script)
-        raise AssertionError("unreachable")
-
-    async def _replicated(self, command: Callable[[Any], Any]) -> Any:
-        """The reply of the one command ``command`` adds to a pipeline, once
-        ``store.replica_acks`` replicas acknowledged it; else :class:`UnreplicatedWrite`."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            command(pipe)
-            pipe.execute_command("WAIT", self._acks, self._ack_ms)
-            reply, acked = await pipe.execute(raise_on_error=False)
-        if isinstance(reply, Exception):
-            raise reply
-        if isinstance(acked, Exception):
-            raise acked
-        if int(acked) < self._acks:
-            raise UnreplicatedWrite(f"{acked} of {self._acks} replicas acknowledged the write")
+        """``EVALSHA`` then ``WAIT`` on the same connection, in one round trip."""
+        sha = script.sha
+        (reply,) = await self._pipeline(
+            lambda pipe: pipe.evalsha(sha, len(keys), *keys, *args), script
+        )
         return reply
+
+    async def _pipeline(
+        self, add: Callable[[Any], object], script: AsyncScript | None = None
+    ) -> list[Any]:
+        """The replies of the commands ``add`` puts in a pipeline, sent in one round trip;
+        with ``store.replica_acks``, followed by ``WAIT`` on the same connection, and
+        :class:`UnreplicatedWrite` unless that many replicas acknowledged. A primary a
+        failover just promoted may not have ``script`` cached yet: it is loaded and the
+        pipeline sent again."""
+        for attempt in (1, 2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                add(pipe)
+                if self._acks:
+                    pipe.execute_command("WAIT", self._acks, self._ack_ms)
+                replies = list(await pipe.execute(raise_on_error=False))
+            acked = replies.pop() if self._acks else None
+            failed = [r for r in replies if isinstance(r, Exception)]
+            if failed:
+                unknown = all(isinstance(r, redis_errors.NoScriptError) for r in failed)
+                if attempt == 1 and script is not None and unknown:
+                    await self.redis.script_load(script.script)
+                    continue
+                raise failed[0]
+            if isinstance(acked, Exception):
+                raise acked
+            if acked is not None and int(acked) < self._acks:
+                raise UnreplicatedWrite(f"{acked} of {self._acks} replicas acknowledged the write")
+            return replies
+        raise AssertionError("unreachable")
 
     def _limit_args(self, limits: Sequence[Limit]) -> tuple[list[str], list[int | str]]:
         keys = [self.layout.limit(lim.bucket, lim.window) for lim in limits]
@@ -627,9 +635,9 @@ class RedisStore:
         # one command: set if absent, and the value that was there if not
         if self._acks:
             try:
-                existing = await self.call(
+                (existing,) = await self.call(
                     "claim",
-                    lambda: self._replicated(
+                    lambda: self._pipeline(
                         lambda pipe: pipe.set(key, pending, nx=True, ex=ttl, get=True)
                     ),
                 )
@@ -679,35 +687,14 @@ class RedisStore:
         script = self._scripts.get("audit_append")
         if script is None:
             raise UnavailableError("the store is not open")
-        replies = await self.call("append_audit", lambda: self._pipelined(script, calls))
-        return [str(r) for r in replies]
+        sha = script.sha
 
-    async def _pipelined(
-        self, script: AsyncScript, calls: Sequence[tuple[str, list[Any]]]
-    ) -> list[Any]:
-        """One ``EVALSHA`` of ``script`` per ``(key, args)``, all in one round trip (and
-        the replicas' acknowledgement, in sentinel mode)."""
-        for attempt in (1, 2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for key, args in calls:
-                    _ = pipe.evalsha(script.sha, 1, key, *args)
-                if self._acks:
-                    pipe.execute_command("WAIT", self._acks, self._ack_ms)
-                replies = await pipe.execute(raise_on_error=False)
-            if self._acks:
-                acked = replies.pop()
-                if isinstance(acked, Exception):
-                    raise acked
-                if int(acked) < self._acks:
-                    raise UnreplicatedWrite(f"{acked} of {self._acks} replicas acknowledged")
-            failed = [r for r in replies if isinstance(r, Exception)]
-            if not failed:
-                return list(replies)
-            if attempt == 1 and all(isinstance(r, redis_errors.NoScriptError) for r in failed):
-                await self.redis.script_load(script.script)  # a newly promoted primary
-                continue
-            raise failed[0]
-        raise AssertionError("unreachable")
+        def add(pipe: Any) -> None:
+            for key, args in calls:
+                pipe.evalsha(sha, 1, key, *args)
+
+        replies = await self.call("append_audit", lambda: self._pipeline(add, script))
+        return [str(r) for r in replies]
 
     def _audit_args(
         self, record: dict[str, str], user_id: str | None, retention_ms: int, now: float
