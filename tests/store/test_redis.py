@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import re
@@ -206,3 +207,27 @@ async def test_a_totp_verify_is_one_evalsha_once_the_process_has_read_the_enrolm
     verbs = [c.split()[0] for c in first if "audit:" not in c]
     assert verbs == ["EVALSHA"], first
     assert [c.split()[0] for c in second if "audit:" not in c] == ["HMGET", "EVALSHA"], second
+
+
+async def test_more_concurrent_operations_than_connections_wait_for_a_turn(
+    redis_url: str, key_prefix: str, clock: FakeClock
+) -> None:
+    """redis-py's plain pool refuses past its size; the store waits for a connection
+    instead, up to store.pool_timeout_seconds."""
+    config = load_config(
+        data={
+            "store": {
+                "backend": "redis",
+                "redis_url": redis_url,
+                "key_prefix": key_prefix,
+                "max_connections": 4,
+            }
+        },
+        env={},
+    )
+    now = clock.time()
+    async with RedisStore(config.store) as store:
+        results = await asyncio.gather(
+            *(store.issue_otp(f"p{i}", otp_record(now), [], now) for i in range(100))
+        )
+    assert results == [None] * 100
