@@ -32,6 +32,7 @@ from otpd.providers.registry import build_providers
 from otpd.providers.session import SharedSession
 from otpd.sealing import Keyring
 from otpd.services.audit import AuditTrail
+from otpd.services.deliveries import DeliveryReports
 from otpd.services.deps import ServiceDeps
 from otpd.services.limits import LimitPolicy, SendingLimits
 from otpd.services.links import LinkService, Reminders
@@ -98,6 +99,7 @@ class Otpd:
     dispatcher: Dispatcher
     store: Store
     chains: dict[Channel, ProviderChain]
+    deliveries: DeliveryReports
 
     def __init__(
         self,
@@ -164,6 +166,15 @@ class Otpd:
                     attempt_timeout=self.config.dispatch.provider_timeout_seconds,
                 )
                 self.chains[channel] = await stack.enter_async_context(chain)
+            self.deliveries = DeliveryReports(
+                self.store,
+                hasher=self.hasher,
+                keyring=self.keyring,
+                clock=self.clock,
+                metrics=self.metrics,
+                audit=self.audit,
+                ttl=self.config.dispatch.task_ttl_seconds,
+            )
             # Entered last, so on exit it drains first, while providers are still open.
             self.dispatcher = await stack.enter_async_context(
                 Dispatcher(
@@ -175,6 +186,7 @@ class Otpd:
                     queue=self._delivery_queue(),
                     admission=SendingLimits(self.limits, self.store),
                     audit=self.audit,
+                    reports=self.deliveries,
                 )
             )
             self._build_services()

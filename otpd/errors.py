@@ -37,6 +37,7 @@ __all__ = [
     "OtpdError",
     "PermanentDeliveryError",
     "RateLimitedError",
+    "RecipientSuppressedError",
     "SmsBlockedError",
     "StartupError",
     "StoreDegradedError",
@@ -112,6 +113,18 @@ class ValidationError(OtpdError, ValueError):
     @classmethod
     def field(cls, name: str, problem: str) -> ValidationError:
         return cls(f"{name}: {problem}", fields={name: problem})
+
+
+class RecipientSuppressedError(OtpdError):
+    """The recipient is on the suppression list; ``details["field"]`` names which one
+    (``email`` or ``phone``), never the address, so the caller can ask for another."""
+
+    code = "recipient_suppressed"
+    status = 422
+
+    def __init__(self, field: str) -> None:
+        super().__init__(f"{field}: the recipient is suppressed", details={"field": field})
+        self.field = field
 
 
 class UnauthorizedError(OtpdError):

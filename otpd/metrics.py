@@ -134,6 +134,13 @@ class Metrics:
             ["channel"],
             registry=r,
         )
+        self.delivery_reports = Counter(
+            "otpd_delivery_reports",
+            "Provider reports (webhooks) by provider and what applying them did "
+            "(applied, duplicate, stale, other_message, gone, parked)",
+            ["provider", "outcome"],
+            registry=r,
+        )
         self._http: dict[tuple[str, str], tuple[Histogram, dict[int, Counter]]] = {}
         self._samplers: list[Sampler] = []
 

@@ -44,15 +44,51 @@ class OtpChannel(enum.StrEnum):
 
 
 class TaskStatus(enum.StrEnum):
+    """Where a delivery is. ``sent`` means a provider accepted it; what the provider
+    reported afterwards (its webhooks) moves it on to ``delivered``, ``bounced``,
+    ``complained`` or ``undelivered``."""
+
     QUEUED = "queued"
     SENDING = "sending"
     RETRYING = "retrying"
     SENT = "sent"
     FAILED = "failed"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+    UNDELIVERED = "undelivered"
 
     @property
     def final(self) -> bool:
-        return self in (TaskStatus.SENT, TaskStatus.FAILED)
+        """No delivery attempt follows (what a provider reports later may still come)."""
+        return self not in (TaskStatus.QUEUED, TaskStatus.SENDING, TaskStatus.RETRYING)
+
+    @property
+    def reported(self) -> bool:
+        """A status only a provider's report sets."""
+        return self in _REPORTED
+
+    def replaced_by(self) -> tuple[TaskStatus, ...]:
+        """The statuses a provider's report of this status may replace: reports apply in
+        any order, and a later, weaker one never undoes a stronger one (a late
+        ``delivered`` never turns ``bounced`` back; a complaint follows a delivery)."""
+        return _REPLACES.get(self, ())
+
+
+_REPORTED = frozenset(
+    {TaskStatus.DELIVERED, TaskStatus.BOUNCED, TaskStatus.COMPLAINED, TaskStatus.UNDELIVERED}
+)
+_REPLACES = {
+    TaskStatus.DELIVERED: (TaskStatus.SENT,),
+    TaskStatus.BOUNCED: (TaskStatus.SENT, TaskStatus.DELIVERED),
+    TaskStatus.UNDELIVERED: (TaskStatus.SENT, TaskStatus.DELIVERED),
+    TaskStatus.COMPLAINED: (
+        TaskStatus.SENT,
+        TaskStatus.DELIVERED,
+        TaskStatus.BOUNCED,
+        TaskStatus.UNDELIVERED,
+    ),
+}
 
 
 class VerifyReason(enum.StrEnum):
@@ -151,6 +187,10 @@ class TaskRecord:
     provider: str = ""
     last_error: str = ""
     provider_message_id: str = ""
+    delivered_at: float = 0.0
+    """When the provider reported the message delivered (0: not reported)."""
+    reason: str = ""
+    """The provider's reason for a bounce, a complaint or an undelivered message."""
 
     def to_public(self) -> dict[str, Any]:
         return {
@@ -161,6 +201,8 @@ class TaskRecord:
             "provider": self.provider or None,
             "last_error": self.last_error or None,
             "provider_message_id": self.provider_message_id or None,
+            "delivered_at": rfc3339(self.delivered_at) if self.delivered_at else None,
+            "reason": self.reason or None,
             "created_at": rfc3339(self.created_at),
             "updated_at": rfc3339(self.updated_at),
         }

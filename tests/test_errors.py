@@ -146,3 +146,9 @@ def test_module_defines_all_with_existing_names(module: ModuleType) -> None:
     assert len(names) == len(set(names)), "duplicates in __all__"
     for name in names:
         assert hasattr(module, name), f"{module.__name__}.__all__ names missing {name!r}"
+
+
+def test_recipient_suppressed_names_the_field_not_the_address() -> None:
+    err = otpd.RecipientSuppressedError("phone")
+    assert (err.status, err.code) == (422, "recipient_suppressed")
+    assert err.details == {"field": "phone"}

@@ -27,7 +27,14 @@ from otpd.models import Channel, Message, TaskRecord, TaskStatus
 from otpd.providers.chain import ProviderChain
 from otpd.store.base import LimitExceeded, Store
 
-__all__ = ["Admission", "AuditSink", "Dispatcher", "ShutdownReport", "new_task_id"]
+__all__ = [
+    "Admission",
+    "AuditSink",
+    "Dispatcher",
+    "ReportLink",
+    "ShutdownReport",
+    "new_task_id",
+]
 
 log = structlog.get_logger("otpd.dispatch")
 
@@ -47,6 +54,14 @@ class Admission(Protocol):
 
     async def admit(self, message: Message, member: str, now: float) -> LimitExceeded | None:
         """Count one send of ``message`` unless a limit is full (then count nothing)."""
+
+
+class ReportLink(Protocol):
+    """Where a task a provider accepted is linked to the provider's message id, so that
+    the provider's reports (webhooks) find it."""
+
+    async def linked(self, record: TaskRecord) -> None:
+        """Link ``record`` (status ``sent``); raises UnavailableError only."""
 
 
 class AuditSink(Protocol):
@@ -79,6 +94,7 @@ class Dispatcher:
         retry: RetryPolicy | None = None,
         admission: Admission | None = None,
         audit: AuditSink | None = None,
+        reports: ReportLink | None = None,
     ) -> None:
         self.store = store
         self.chains = dict(chains)
@@ -91,6 +107,7 @@ class Dispatcher:
         )
         self.admission = admission
         self.audit = audit
+        self.reports = reports
         self._workers: list[asyncio.Task[None]] = []
         self._interrupted: list[Job] = []
         self._accepting = False
@@ -318,6 +335,17 @@ class Dispatcher:
         record.last_error = ""
         record.provider_message_id = result.message_id
         await self._finish(job, TaskStatus.SENT, "", result.provider)
+        if self.reports is not None:
+            await self._link(record)
+
+    async def _link(self, record: TaskRecord) -> None:
+        """Link a sent task to the provider's message id; without the link the provider's
+        reports find no task (the message itself is sent and recorded either way)."""
+        assert self.reports is not None
+        try:
+            await self.reports.linked(record)
+        except UnavailableError:
+            log.warning("task.not_linked", task_id=record.task_id, provider=record.provider)
 
     async def _admit(self, job: Job) -> bool:
         """Count the sending limits once per task; a refused task ends failed."""

@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from otpd.models import TaskRecord, VerifyResult
+from otpd.store.reports import ReportOutcome, TaskReport
 
 __all__ = [
     "AUDIT_GLOBAL_CAP",
@@ -337,6 +338,20 @@ class Store(Protocol):
     async def release(self, scope: str, ref: str, fingerprint: str) -> None:
         """Drop the caller's pending claim so that the next request can claim it; do
         nothing if it is settled or no longer the caller's."""
+
+    async def link_message(self, ref: str, task_id: str, ttl: int) -> list[str]:
+        """Remember for ``ttl`` seconds that provider message ``ref`` (a keyed hash of the
+        provider and its message id) is task ``task_id``; return, and forget, the reports
+        that were parked for it because they arrived first."""
+
+    async def message_task(self, ref: str, event_ref: str, parked: str, ttl: int) -> str | None:
+        """The task linked to provider message ``ref``; when none is linked (yet), keep
+        ``parked`` under ``event_ref`` for ``ttl`` seconds, for :meth:`link_message` to
+        hand over, and return None. Atomic with :meth:`link_message`: no report is lost
+        between the two."""
+
+    async def report_task(self, task_id: str, report: TaskReport) -> ReportOutcome:
+        """Apply a provider's report to a task record; see :class:`TaskReport`."""
 
     async def append_audit(
         self, record: dict[str, str], user_id: str | None, retention_ms: int, now: float

@@ -48,6 +48,7 @@ from otpd.store.base import (
     parse_audit_id,
 )
 from otpd.store.memory import MemoryStore
+from otpd.store.reports import ReportOutcome, TaskReport
 
 __all__ = ["FallbackStore"]
 
@@ -332,6 +333,24 @@ class FallbackStore:
             return await self.local.get_task(task_id)
         # "no such task" would be a guess while the primary cannot be asked
         return await self._primary_only("get_task", lambda: self.primary.get_task(task_id))
+
+    # Provider reports are linked and looked up in the primary only: a task delivered
+    # from the local store while degraded gets no reports.
+
+    async def link_message(self, ref: str, task_id: str, ttl: int) -> list[str]:
+        return await self._primary_only(
+            "link_message", lambda: self.primary.link_message(ref, task_id, ttl)
+        )
+
+    async def message_task(self, ref: str, event_ref: str, parked: str, ttl: int) -> str | None:
+        return await self._primary_only(
+            "message_task", lambda: self.primary.message_task(ref, event_ref, parked, ttl)
+        )
+
+    async def report_task(self, task_id: str, report: TaskReport) -> ReportOutcome:
+        return await self._primary_only(
+            "report_task", lambda: self.primary.report_task(task_id, report)
+        )
 
     async def claim(self, scope: str, ref: str, fingerprint: str, ttl: int) -> Claim:
         key = ("claim", scope, ref)

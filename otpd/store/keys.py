@@ -55,6 +55,11 @@ class KeyLayout:
         (purpose, user id), so a new token for the same owner overwrites the old one."""
         return f"{self.prefix}tok:{{o:{owner_ref}}}:{purpose}"
 
+    def message(self, ref: str) -> str:
+        """Which task a provider's message id is (``ref``: a keyed hash of provider and
+        id), and the reports that arrived before the link."""
+        return f"{self.prefix}pm:{{m:{ref}}}"
+
     def counter(self, name: str) -> str:
         return f"{self.prefix}ctr:{{c:{name}}}"
 

@@ -23,7 +23,7 @@ from typing import NamedTuple, Self, TypeVar
 
 from otpd.clock import Clock, SystemClock
 from otpd.errors import UnavailableError
-from otpd.models import TaskRecord, VerifyReason, VerifyResult
+from otpd.models import TaskRecord, TaskStatus, VerifyReason, VerifyResult
 from otpd.store.base import (
     AuditEntry,
     AuditPage,
@@ -43,6 +43,7 @@ from otpd.store.base import (
     parse_audit_id,
 )
 from otpd.store.keys import KeyLayout
+from otpd.store.reports import PARKED_MAX, ReportOutcome, TaskReport
 from otpd.store.windows import Window, ms
 
 __all__ = ["MemoryStore"]
@@ -92,7 +93,24 @@ class _Totp(NamedTuple):
     recovery: tuple[str, ...] = ()
 
 
-_Value = _Code | TokenRecord | TaskRecord | Window | float | str | _Totp
+class _Link(NamedTuple):
+    """A provider message's task (empty until linked) and the reports parked for it."""
+
+    task_id: str
+    parked: tuple[tuple[str, str], ...] = ()
+
+
+_Value = (
+    _Code
+    | TokenRecord
+    | TaskRecord
+    | Window
+    | float
+    | str
+    | _Totp
+    | _Link
+    | frozenset[str]
+)
 
 
 class MemoryStore:
@@ -391,6 +409,49 @@ class MemoryStore:
             self._delete(key)
         self._done()
 
+    # ------------------------------------------------------------------ provider reports
+
+    async def link_message(self, ref: str, task_id: str, ttl: int) -> list[str]:
+        key = self._keys.message(ref)
+        link = self._get(key, _Link)
+        self._set(key, _Link(task_id), self._clock.time() + ttl)
+        self._done()
+        return [] if link is None else [parked for _, parked in link.parked]
+
+    async def message_task(self, ref: str, event_ref: str, parked: str, ttl: int) -> str | None:
+        key = self._keys.message(ref)
+        link = self._get(key, _Link) or _Link("")
+        if link.task_id:
+            self._done()
+            return link.task_id
+        if all(seen != event_ref for seen, _ in link.parked):
+            kept = (*link.parked, (event_ref, parked))[-PARKED_MAX:]
+            self._set(key, link._replace(parked=kept), self._clock.time() + ttl)
+        self._done()
+        return None
+
+    async def report_task(self, task_id: str, report: TaskReport) -> ReportOutcome:
+        key = self._keys.task(task_id)
+        record = self._get(key, TaskRecord)
+        if record is None:
+            self._done()
+            return ReportOutcome.GONE
+        seen_key = key + ":reports"
+        seen = self._get(seen_key, frozenset) or frozenset()
+        outcome = ReportOutcome.APPLIED
+        if report.event_ref in seen:
+            outcome = ReportOutcome.DUPLICATE
+        elif record.provider_message_id != report.message_id:
+            outcome = ReportOutcome.OTHER_MESSAGE
+        elif record.status not in report.status.replaced_by():
+            outcome = ReportOutcome.STALE
+        else:
+            self._data[key] = _reported(record, report)
+        if outcome is not ReportOutcome.DUPLICATE:
+            self._set(seen_key, seen | {report.event_ref}, self._expires[key])
+        self._done()
+        return outcome
+
     # ------------------------------------------------------------------ audit
 
     async def append_audit(
@@ -569,3 +630,18 @@ class MemoryStore:
         self._forget(self._keys.totp_pending(user_id))
         self._done()
         return found
+
+
+
+
+def _reported(record: TaskRecord, report: TaskReport) -> TaskRecord:
+    """``record`` with ``report`` applied (the caller checked that it applies)."""
+    delivered = report.status is TaskStatus.DELIVERED
+    return dataclasses.replace(
+        record,
+        status=report.status,
+        updated_at=max(record.updated_at, report.at),
+        delivered_at=report.at if delivered else record.delivered_at,
+        reason="" if delivered else report.reason,
+    )
+

@@ -587,6 +587,8 @@ async def test_task_record_has_the_documented_fields_and_reaches_sent(
         "provider",
         "last_error",
         "provider_message_id",
+        "delivered_at",
+        "reason",
         "created_at",
         "updated_at",
     }
@@ -598,6 +600,8 @@ async def test_task_record_has_the_documented_fields_and_reaches_sent(
     assert done["attempts"] == 1
     assert done["provider"] == "outbox"
     assert done["last_error"] is None
+    # the outbox sends no reports: nothing moves a task past sent
+    assert (done["delivered_at"], done["reason"]) == (None, None)
     assert done["created_at"] == rfc3339(clock.time())
     assert done["created_at"].endswith("Z")
     assert done["updated_at"].endswith("Z")

@@ -30,6 +30,7 @@ from otpd.store import (
 )
 from otpd.store.base import TotpOutcome, TotpRecord
 from otpd.store.memory import MemoryStore
+from otpd.store.reports import ReportOutcome, TaskReport
 
 
 class WrappedStore:
@@ -180,6 +181,18 @@ class WrappedStore:
     async def totp_delete(self, user_id: str) -> bool:
         self.calls += 1
         return await self.inner.totp_delete(user_id)
+
+    async def link_message(self, ref: str, task_id: str, ttl: int) -> list[str]:
+        self.calls += 1
+        return await self.inner.link_message(ref, task_id, ttl)
+
+    async def message_task(self, ref: str, event_ref: str, parked: str, ttl: int) -> str | None:
+        self.calls += 1
+        return await self.inner.message_task(ref, event_ref, parked, ttl)
+
+    async def report_task(self, task_id: str, report: TaskReport) -> ReportOutcome:
+        self.calls += 1
+        return await self.inner.report_task(task_id, report)
 
 
 def _wrapped(config: StoreConfig, deps: StoreDeps) -> Store:

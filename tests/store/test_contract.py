@@ -13,6 +13,7 @@ from otpd.errors import UnavailableError
 from otpd.models import Channel, Message, TaskRecord, TaskStatus, VerifyReason
 from otpd.store.base import Bucket, Claim, ClaimState, Limit, OtpRecord, Store
 from otpd.store.memory import MemoryStore
+from otpd.store.reports import PARKED_MAX, ReportOutcome, TaskReport
 from tests.conftest import ConfigFactory
 
 
@@ -180,6 +181,68 @@ async def test_task_records_round_trip_and_update(store: Store, clock: FakeClock
     got = await store.get_task(rec.task_id)
     assert got == rec
     assert await store.get_task("tsk_" + "1" * 24) is None
+
+
+def sent_task(clock: FakeClock, message_id: str = "SM1") -> TaskRecord:
+    now = clock.time()
+    return TaskRecord(
+        task_id="tsk_" + "2" * 24,
+        channel=Channel.SMS,
+        status=TaskStatus.SENT,
+        tag="otp_code",
+        created_at=now,
+        updated_at=now,
+        attempts=1,
+        provider="twilio",
+        provider_message_id=message_id,
+    )
+
+
+def report(status: TaskStatus, event: str, at: float, message_id: str = "SM1") -> TaskReport:
+    return TaskReport(message_id, event, status, "" if status.value == "delivered" else "30003", at)
+
+
+async def test_reports_apply_once_in_any_order_and_never_weaken_a_status(
+    store: Store, clock: FakeClock
+) -> None:
+    rec = sent_task(clock)
+    await store.put_task(rec, 3600)
+    t = clock.time()
+    delivered = report(TaskStatus.DELIVERED, "e1", t + 1)
+    assert await store.report_task(rec.task_id, delivered) is ReportOutcome.APPLIED
+    assert await store.report_task(rec.task_id, delivered) is ReportOutcome.DUPLICATE
+    got = await store.get_task(rec.task_id)
+    assert got is not None
+    assert (got.status, got.delivered_at, got.reason) == (TaskStatus.DELIVERED, t + 1, "")
+    bounced = report(TaskStatus.BOUNCED, "e2", t + 2)
+    assert await store.report_task(rec.task_id, bounced) is ReportOutcome.APPLIED
+    # a late "delivered" (another event id) never turns "bounced" back
+    late = report(TaskStatus.DELIVERED, "e3", t + 3)
+    assert await store.report_task(rec.task_id, late) is ReportOutcome.STALE
+    got = await store.get_task(rec.task_id)
+    assert got is not None
+    assert (got.status, got.reason, got.updated_at) == (TaskStatus.BOUNCED, "30003", t + 2)
+    # a report about another message of the task (it was sent again) changes nothing
+    other = report(TaskStatus.COMPLAINED, "e4", t + 4, message_id="SM2")
+    assert await store.report_task(rec.task_id, other) is ReportOutcome.OTHER_MESSAGE
+    gone = report(TaskStatus.DELIVERED, "e5", t)
+    assert await store.report_task("tsk_" + "3" * 24, gone) is ReportOutcome.GONE
+
+
+async def test_a_report_before_the_link_is_parked_and_handed_over_once(store: Store) -> None:
+    assert await store.message_task("ref1", "ev1", "sealed-1", 600) is None
+    assert await store.message_task("ref1", "ev1", "sealed-1", 600) is None  # a repeat
+    assert await store.message_task("ref1", "ev2", "sealed-2", 600) is None
+    assert sorted(await store.link_message("ref1", "tsk_a", 600)) == ["sealed-1", "sealed-2"]
+    assert await store.message_task("ref1", "ev3", "sealed-3", 600) == "tsk_a"
+    assert await store.link_message("ref1", "tsk_a", 600) == []
+    assert await store.message_task("ref2", "ev1", "x", 600) is None
+
+
+async def test_parked_reports_of_one_message_are_capped(store: Store) -> None:
+    for i in range(PARKED_MAX + 5):
+        await store.message_task("ref1", f"ev{i}", f"sealed-{i}", 600)
+    assert len(await store.link_message("ref1", "tsk_a", 600)) <= PARKED_MAX
 
 
 FP_A, FP_B = "a" * 64, "b" * 64

@@ -53,6 +53,7 @@ from otpd.store.redis.errors import (
     failure_reason,
     masked_url,
 )
+from otpd.store.reports import PARKED_MAX, ReportOutcome, TaskReport
 
 __all__ = ["RedisStore", "load_script", "parse_task", "task_fields"]
 
@@ -77,6 +78,10 @@ _SCRIPTS = (
     "task_retry",
     "task_promote",
     "task_replay",
+    # provider reports (otpd.services.deliveries)
+    "message_link",
+    "message_task",
+    "task_report",
     "audit_append",
     # TOTP (otpd.services.totp)
     "totp_begin",
@@ -157,6 +162,8 @@ def parse_task(raw: Mapping[str, str]) -> TaskRecord | None:
         provider=raw.get("provider", ""),
         last_error=raw.get("last_error", ""),
         provider_message_id=raw.get("provider_message_id", ""),
+        delivered_at=float(raw.get("delivered_at") or 0),
+        reason=raw.get("reason", ""),
     )
 
 
@@ -626,6 +633,35 @@ class RedisStore:
         key = self.layout.task(task_id)
         raw = cast(dict[str, str], await self.call("get_task", lambda: self.redis.hgetall(key)))
         return parse_task(raw)
+
+    # ------------------------------------------------------------------ provider reports
+
+    async def link_message(self, ref: str, task_id: str, ttl: int) -> list[str]:
+        parked = await self.script("message_link", [self.layout.message(ref)], [task_id, ttl])
+        return [str(p) for p in parked]
+
+    async def message_task(self, ref: str, event_ref: str, parked: str, ttl: int) -> str | None:
+        task = await self.script(
+            "message_task", [self.layout.message(ref)], [event_ref, parked, ttl, PARKED_MAX]
+        )
+        return str(task) if task else None
+
+    async def report_task(self, task_id: str, report: TaskReport) -> ReportOutcome:
+        delivered = 1 if report.status is TaskStatus.DELIVERED else 0
+        outcome = await self.script(
+            "task_report",
+            [self.layout.task(task_id)],
+            [
+                report.message_id,
+                report.event_ref,
+                report.status.value,
+                report.reason,
+                repr(report.at),
+                delivered,
+                *report.status.replaced_by(),
+            ],
+        )
+        return ReportOutcome(str(outcome))
 
     # ------------------------------------------------------------------ claims
 
