@@ -193,6 +193,12 @@ class Config:
         yield from need(
             "console" not in self.sms.providers, "sms.providers", "no console in production"
         )
+        yield from need(
+            not self.otp.test_recipients or self.otp.allow_test_recipients_in_production,
+            "otp.test_recipients",
+            "refused in production unless otp.allow_test_recipients_in_production = true "
+            "(their codes are fixed)",
+        )
 
     def with_overrides(self, **sections: Any) -> Config:
         """A copy with some sections replaced by keyword: ``cfg.with_overrides(otp=...)``."""

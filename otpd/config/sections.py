@@ -234,6 +234,10 @@ class OtpConfig:
     per_user_hour: int = 5
     per_user_day: int = 10
     per_ip_hour: int = 50
+    test_recipients: dict[str, str] = field(default_factory=dict)
+    """Fixed addresses or E.164 numbers -> fixed codes (app-store reviewers, end-to-end
+    tests): nothing is sent to them and no limit is counted."""
+    allow_test_recipients_in_production: bool = False
 
     def __post_init__(self) -> None:
         c = Checks("otp")
@@ -242,7 +246,40 @@ class OtpConfig:
         c.need(1 <= self.max_attempts <= 20, "max_attempts", "must be 1 to 20")
         for key in ("per_user_hour", "per_user_day", "per_ip_hour"):
             c.positive(getattr(self, key), key)
+        for recipient, code in self.test_recipients.items():
+            key = f"test_recipients.{recipient[:64]}"
+            c.need(
+                fixed_code_key(recipient) is not None,
+                key,
+                "must be an email address or an E.164 number (+ and 7 to 15 digits)",
+            )
+            c.need(
+                len(code) == self.length and code.isascii() and code.isdigit(),
+                key,
+                f"the code must be {self.length} digits (otp.length)",
+            )
         c.done()
+
+    def fixed_codes(self) -> dict[str, str]:
+        """The test recipients by their normalised address (as issue compares them)."""
+        out: dict[str, str] = {}
+        for recipient, code in self.test_recipients.items():
+            key = fixed_code_key(recipient)
+            if key is not None:
+                out[key] = code
+        return out
+
+
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+
+
+def fixed_code_key(value: str) -> str | None:
+    """A test recipient as issue compares it: the email address normalised and in lower
+    case, or the number."""
+    if value.startswith("+"):
+        return value if _E164.fullmatch(value) else None
+    address = mailbox(value)
+    return None if address is None else address.lower()
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from otpd.config import OtpConfig
+from otpd.config.sections import fixed_code_key
 from otpd.crypto import new_code, new_id
 from otpd.errors import SmsBlockedError, ValidationError
 from otpd.models import Channel, Delivery, Message, OtpChannel, OtpIssued, VerifyResult
@@ -38,6 +39,7 @@ class OtpService:
         self.clock = deps.clock
         self.metrics = deps.metrics
         self.sms_guard = sms_guard
+        self._fixed_codes = config.fixed_codes()
 
     def _code_hash(self, user_id: str, purpose: str, code: str) -> str:
         return self.hasher.digest("otp", user_id, purpose, code)
@@ -72,6 +74,13 @@ class OtpService:
             problems["phone"] = f"required for channel {otp_channel.value}"
         if problems:
             raise ValidationError("an address is missing for the chosen channel", fields=problems)
+        fixed = self._fixed_code(
+            email if Channel.EMAIL in channels else None, phone if Channel.SMS in channels else None
+        )
+        if fixed is not None:
+            return await self._issue_fixed(
+                fixed, user_id, otp_channel, purpose, client_ip, user_agent
+            )
         to_email = normalize_email(email) if email and Channel.EMAIL in channels else None
         target = None
         if phone and Channel.SMS in channels:
@@ -179,6 +188,58 @@ class OtpService:
             task_id=[d.task_id for d in deliveries],
         )
         return OtpIssued(record.otp_id, record.expires_at, tuple(deliveries))
+
+    def _fixed_code(self, email: str | None, phone: str | None) -> str | None:
+        """The fixed code when every address of the request is a test recipient with the
+        same code (``otp.test_recipients``), else None."""
+        if not self._fixed_codes:
+            return None
+        codes = set()
+        if email is not None:
+            key = fixed_code_key(email)
+            codes.add(self._fixed_codes.get(key) if key is not None else None)
+        if phone is not None:
+            codes.add(self._fixed_codes.get(phone))
+        if len(codes) != 1:
+            return None
+        return codes.pop()
+
+    async def _issue_fixed(
+        self,
+        code: str,
+        user_id: str,
+        channel: OtpChannel,
+        purpose: str,
+        client_ip: str | None,
+        user_agent: str | None,
+    ) -> OtpIssued:
+        """A test recipient's code: stored like any other (it verifies, expires and counts
+        attempts the same way), but nothing is sent and no limit or budget is counted."""
+        now = self.clock.time()
+        record = OtpRecord(
+            otp_id=new_id("otp"),
+            code_hash=self._code_hash(user_id, purpose, code),
+            channel=channel.value,
+            purpose=purpose,
+            created_at=now,
+            expires_at=now + self.config.ttl_seconds,
+            max_attempts=self.config.max_attempts,
+            client_ip=client_ip or "",
+            user_agent=user_agent or "",
+        )
+        await self.store.issue_otp(user_id, record, [], now)
+        self.metrics.otp_issued.labels(channel.value).inc()
+        await self.deps.audit.record(
+            "otp_issued",
+            otp_id=record.otp_id,
+            user_id=user_id,
+            purpose=purpose,
+            channel=channel.value,
+            test_recipient="true",
+            client_ip=client_ip,
+            user_agent=user_agent,
+        )
+        return OtpIssued(record.otp_id, record.expires_at, ())
 
     async def verify(
         self,
