@@ -39,11 +39,13 @@ from otpd.services.links import LinkService, Reminders
 from otpd.services.messages import MessageService
 from otpd.services.otp import OtpService
 from otpd.services.sms_guard import SmsGuard
+from otpd.services.suppressions import SuppressionList
 from otpd.services.tasks import TaskService
 from otpd.services.totp import TotpService
 from otpd.store import Store, StoreDeps, create_store
 from otpd.store.fallback import FallbackStore
 from otpd.templating import TemplateRenderer
+from otpd.webhooks.registry import Webhooks
 
 __all__ = ["ROLES", "Otpd", "Role", "role_problem"]
 
@@ -100,6 +102,8 @@ class Otpd:
     store: Store
     chains: dict[Channel, ProviderChain]
     deliveries: DeliveryReports
+    webhooks: Webhooks
+    suppressions: SuppressionList
 
     def __init__(
         self,
@@ -166,6 +170,7 @@ class Otpd:
                     attempt_timeout=self.config.dispatch.provider_timeout_seconds,
                 )
                 self.chains[channel] = await stack.enter_async_context(chain)
+            self.suppressions = SuppressionList(self.store, self.hasher, self.clock, self.audit)
             self.deliveries = DeliveryReports(
                 self.store,
                 hasher=self.hasher,
@@ -174,7 +179,10 @@ class Otpd:
                 metrics=self.metrics,
                 audit=self.audit,
                 ttl=self.config.dispatch.task_ttl_seconds,
+                suppressions=self.suppressions,
             )
+            # the webhook verifiers (.ses joins them with the SES/SNS work)
+            self.webhooks = Webhooks.from_config(self.config, self.store, self.clock)
             # Entered last, so on exit it drains first, while providers are still open.
             self.dispatcher = await stack.enter_async_context(
                 Dispatcher(
@@ -187,6 +195,7 @@ class Otpd:
                     admission=SendingLimits(self.limits, self.store),
                     audit=self.audit,
                     reports=self.deliveries,
+                    suppressions=self.suppressions,
                 )
             )
             self._build_services()
@@ -269,6 +278,7 @@ class Otpd:
             limits=self.limits,
             keyring=self.keyring,
             audit=self.audit,
+            suppressions=self.suppressions,
         )
         self.sms_guard = SmsGuard(self.config.sms, deps)
         self.otp = OtpService(self.config.otp, deps, sms_guard=self.sms_guard)

@@ -18,7 +18,7 @@ from otpd.clock import rfc3339
 from otpd.errors import ValidationError
 from otpd.services.tasks import MAX_DEAD_LETTERS
 
-__all__ = ["OTPD", "json_response", "read_body", "routes"]
+__all__ = ["OTPD", "json_response", "read_body", "read_raw", "routes"]
 
 OTPD = web.AppKey("otpd", Otpd)
 T = TypeVar("T")
@@ -27,8 +27,13 @@ routes = web.RouteTableDef()
 
 
 async def read_body(request: web.Request, cls: type[T]) -> T:
-    """The JSON body as ``cls``: read within ``server.body_timeout_seconds`` (else a 408
-    that closes the connection), at most ``server.max_body_bytes`` (else a 422)."""
+    """The JSON body as ``cls``, read by :func:`read_raw`."""
+    return parse_body(cls, await read_raw(request))
+
+
+async def read_raw(request: web.Request) -> bytes:
+    """The raw body: read within ``server.body_timeout_seconds`` (else a 408 that closes
+    the connection), at most ``server.max_body_bytes`` (else a 422)."""
     server = request.app[OTPD].config.server
     try:
         if request.content.is_eof():  # the whole body is in already: nothing to wait for
@@ -49,7 +54,7 @@ async def read_body(request: web.Request, cls: type[T]) -> T:
         raise ValidationError(
             "the body could not be read", details={"body": "undecodable payload"}
         ) from None
-    return parse_body(cls, raw)
+    return raw
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:

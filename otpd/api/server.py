@@ -23,7 +23,9 @@ from otpd.api.middleware import auth_middleware, error_middleware, metrics_middl
 from otpd.api.openapi import openapi_routes
 from otpd.api.protocol import OtpdAppRunner
 from otpd.api.routes import OTPD, routes
+from otpd.api.suppressions import suppression_routes
 from otpd.api.totp import totp_routes
+from otpd.api.webhooks import webhook_routes
 from otpd.app import Otpd
 from otpd.clock import Clock
 from otpd.config import Config, exposure_problem, metrics_exposure_problem
@@ -72,8 +74,10 @@ def create_app(source: Config | Otpd, *, clock: Clock | None = None) -> web.Appl
     app.add_routes(link_routes)
     app.add_routes(audit_routes)
     app.add_routes(totp_routes)
+    app.add_routes(suppression_routes)
     app.add_routes(hosted_routes)
     app.add_routes(openapi_routes)
+    app.add_routes(webhook_routes)
     if config.metrics.separate:  # after the daemon's context: it needs the open daemon
         app.cleanup_ctx.append(metrics_listener(lambda: app[OTPD]))
     return app

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from otpd.config.checks import Checks, Problem, is_web_url, secret
+from otpd.webhooks.sendgrid import load_public_key
 
 __all__ = [
     "EMAIL_PROVIDERS",
@@ -107,6 +108,18 @@ class SesConfig:
 class SendgridConfig:
     api_key: str = secret()
     base_url: str = "https://api.sendgrid.com"
+    # Event Webhook verification key (base64 DER as SendGrid shows it, or PEM); empty
+    # refuses every webhook
+    webhook_public_key: str = ""
+
+    def __post_init__(self) -> None:
+        c = Checks("sendgrid")
+        if self.webhook_public_key:
+            try:
+                load_public_key(self.webhook_public_key)
+            except ValueError as exc:
+                c.need(False, "webhook_public_key", str(exc))
+        c.done()
 
     def when_used(self) -> Iterator[Problem]:
         yield from _required("sendgrid", "sendgrid", api_key=self.api_key)
@@ -121,6 +134,7 @@ class MailgunConfig:
     domain: str = ""
     region: Literal["us", "eu"] = "us"
     base_url: str = ""
+    webhook_signing_key: str = secret()  # empty refuses every webhook
 
     @property
     def effective_base_url(self) -> str:

@@ -25,7 +25,7 @@ from otpd.errors import DeliveryError, PermanentDeliveryError, UnavailableError
 from otpd.metrics import Metrics
 from otpd.models import Channel, Message, TaskRecord, TaskStatus
 from otpd.providers.chain import ProviderChain
-from otpd.store.base import LimitExceeded, Store
+from otpd.store.base import LimitExceeded, Store, Suppression
 
 __all__ = [
     "Admission",
@@ -33,6 +33,7 @@ __all__ = [
     "Dispatcher",
     "ReportLink",
     "ShutdownReport",
+    "SuppressionCheck",
     "new_task_id",
 ]
 
@@ -62,6 +63,13 @@ class ReportLink(Protocol):
 
     async def linked(self, record: TaskRecord) -> None:
         """Link ``record`` (status ``sent``); raises UnavailableError only."""
+
+
+class SuppressionCheck(Protocol):
+    """The suppression list: recipients no provider may be handed a message for."""
+
+    async def is_suppressed(self, address: str) -> Suppression | None:
+        """The suppression of ``address``, or None; raises UnavailableError only."""
 
 
 class AuditSink(Protocol):
@@ -95,6 +103,7 @@ class Dispatcher:
         admission: Admission | None = None,
         audit: AuditSink | None = None,
         reports: ReportLink | None = None,
+        suppressions: SuppressionCheck | None = None,
     ) -> None:
         self.store = store
         self.chains = dict(chains)
@@ -108,6 +117,7 @@ class Dispatcher:
         self.admission = admission
         self.audit = audit
         self.reports = reports
+        self.suppressions = suppressions
         self._workers: list[asyncio.Task[None]] = []
         self._interrupted: list[Job] = []
         self._accepting = False
@@ -299,6 +309,12 @@ class Dispatcher:
             # what it carries no longer works: a late code only confuses its reader
             await self._finish(job, TaskStatus.FAILED, _EXPIRED, dead_letter=True)
             return
+        if self.suppressions is not None:
+            # a store that cannot answer raises UnavailableError: the job is deferred
+            suppressed = await self.suppressions.is_suppressed(job.message.to)
+            if suppressed is not None:
+                await self._finish(job, TaskStatus.FAILED, f"suppressed: {suppressed.reason}")
+                return
         if record.attempts == 0 and not await self._admit(job):
             return
         if not await self._mark_sending(job):

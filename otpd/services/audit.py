@@ -52,6 +52,8 @@ AUDIT_EVENTS = frozenset(
         "message_bounced",
         "message_complained",
         "message_undelivered",
+        "recipient_suppressed",
+        "suppression_removed",
         "api_unauthorized",
         "totp_enrollment_started",
         "totp_enabled",

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Protocol
 
 import structlog
 
 from otpd.clock import Clock
 from otpd.crypto import Hasher
+from otpd.errors import ValidationError
 from otpd.metrics import Metrics
 from otpd.models import TaskRecord, TaskStatus
 from otpd.sealing import Keyring, SealError
@@ -36,6 +38,20 @@ REPORTING_PROVIDERS = frozenset({"ses", "sendgrid", "mailgun", "twilio", "vonage
 
 _REASON_MAX = 200
 _PARK_BINDING = "otpd-parked-report"
+_SUPPRESSION_REASON_MAX = 64
+_SUPPRESSION_KIND = {
+    DeliveryOutcome.BOUNCED: "bounce",
+    DeliveryOutcome.COMPLAINED: "complaint",
+    DeliveryOutcome.UNDELIVERED: "opt_out",
+    DeliveryOutcome.DELIVERED: "reported",
+}
+
+
+class Suppressor(Protocol):
+    """The suppression list, as far as reports feed it."""
+
+    async def add(self, address: str, reason: str, *, source: str = "api") -> object:
+        """Suppress ``address``; ValidationError when it is not an address."""
 
 
 class DeliveryReports:
@@ -52,6 +68,7 @@ class DeliveryReports:
         metrics: Metrics,
         audit: AuditTrail,
         ttl: int,
+        suppressions: Suppressor | None = None,
     ) -> None:
         self.store = store
         self.hasher = hasher
@@ -60,6 +77,7 @@ class DeliveryReports:
         self.metrics = metrics
         self.audit = audit
         self.ttl = ttl
+        self.suppressions = suppressions
 
     def _ref(self, provider: str, message_id: str) -> str:
         return self.hasher.digest("provider-message", provider, message_id)
@@ -85,13 +103,29 @@ class DeliveryReports:
             if task_id is None:
                 self.metrics.delivery_reports.labels(event.provider, "parked").inc()
                 log.info("delivery.report_parked", provider=event.provider, status=event.outcome)
+                await self._suppress(event)
                 continue
-            await self._apply(task_id, event)
+            if await self._apply(task_id, event) is not ReportOutcome.DUPLICATE:
+                await self._suppress(event)
+
+    async def _suppress(self, event: DeliveryEvent) -> None:
+        """A permanent bounce, a complaint or an opt-out suppresses its recipient, whether
+        or not its task is still known (the address is what keeps bouncing)."""
+        if self.suppressions is None or not event.permanent or not event.recipient:
+            return
+        kind = _SUPPRESSION_KIND[event.outcome]
+        reason = f"{kind}: {event.provider} {event.reason}".strip()[:_SUPPRESSION_REASON_MAX]
+        try:
+            await self.suppressions.add(event.recipient, reason, source="webhook")
+        except ValidationError:
+            log.info(
+                "delivery.recipient_not_suppressed", provider=event.provider, why="not an address"
+            )
 
     def _event_ref(self, event: DeliveryEvent) -> str:
         return self.hasher.digest("provider-event", event.provider, event.event_id)
 
-    async def _apply(self, task_id: str, event: DeliveryEvent) -> None:
+    async def _apply(self, task_id: str, event: DeliveryEvent) -> ReportOutcome:
         status = TaskStatus(event.outcome.value)
         reason = "" if event.outcome is DeliveryOutcome.DELIVERED else event.reason[:_REASON_MAX]
         report = TaskReport(
@@ -114,6 +148,7 @@ class DeliveryReports:
                 provider=event.provider,
                 reason=reason or None,
             )
+        return outcome
 
     # A parked report holds the recipient (for the suppression list): sealed at rest.
 

@@ -11,6 +11,7 @@ from otpd.metrics import Metrics
 from otpd.sealing import Keyring
 from otpd.services.audit import AuditTrail
 from otpd.services.limits import LimitPolicy
+from otpd.services.suppressions import SuppressionList
 from otpd.store import Store
 from otpd.templating import TemplateRenderer
 
@@ -28,3 +29,4 @@ class ServiceDeps:
     limits: LimitPolicy
     keyring: Keyring  # what is kept at rest beyond keyed hashes is sealed with it
     audit: AuditTrail
+    suppressions: SuppressionList | None = None  # None: nothing is refused up front

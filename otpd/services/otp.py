@@ -91,6 +91,9 @@ class OtpService:
                 await self._sms_blocked(exc, user_id, purpose, target.e164, client_ip, user_agent)
                 raise
         to_phone = target.e164 if target is not None else None
+        if self.deps.suppressions is not None:
+            recipients = {"email": to_email, "phone": to_phone}
+            await self.deps.suppressions.check({f: a for f, a in recipients.items() if a})
 
         code = new_code(self.config.length)
         context = {"code": code, "ttl_minutes": max(1, self.config.ttl_seconds // 60)}

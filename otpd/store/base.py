@@ -32,6 +32,7 @@ __all__ = [
     "LimitExceeded",
     "OtpRecord",
     "Store",
+    "Suppression",
     "TokenCheck",
     "TokenOutcome",
     "TokenRecord",
@@ -123,6 +124,18 @@ class OtpRecord:
     max_attempts: int
     client_ip: str = ""
     user_agent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """A suppressed recipient, stored under a keyed hash of its normalised address: its
+    masked display form, why and by whom (``api``, ``webhook``) it was suppressed, since
+    when (UNIX seconds). Never the address itself."""
+
+    display: str
+    reason: str
+    source: str
+    since: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +338,17 @@ class Store(Protocol):
         """Store the mutable fields of ``record`` (status, attempts, provider, error)."""
 
     async def get_task(self, task_id: str) -> TaskRecord | None: ...
+
+    async def suppress(self, address_hash: str, record: Suppression, ttl: int) -> None:
+        """Keep ``record`` for the recipient ``address_hash`` (replacing what was there) for
+        ``ttl`` seconds, or for good when ``ttl`` is 0."""
+
+    async def unsuppress(self, address_hash: str) -> bool:
+        """Drop the suppression of ``address_hash``; whether there was one."""
+
+    async def suppressions(self, address_hashes: Sequence[str]) -> list[Suppression | None]:
+        """The suppression of each of ``address_hashes`` (None where there is none), in
+        order, in one round trip."""
 
     async def claim(self, scope: str, ref: str, fingerprint: str, ttl: int) -> Claim:
         """Claim ``(scope, ref)`` for ``ttl`` seconds for a request whose payload hashes to

@@ -40,6 +40,7 @@ from otpd.store.base import (
     LimitExceeded,
     OtpRecord,
     Store,
+    Suppression,
     TokenOutcome,
     TokenRecord,
     TotpOutcome,
@@ -333,6 +334,25 @@ class FallbackStore:
             return await self.local.get_task(task_id)
         # "no such task" would be a guess while the primary cannot be asked
         return await self._primary_only("get_task", lambda: self.primary.get_task(task_id))
+
+    # The suppression list is otpd-wide: it is changed in the primary only. While degraded
+    # it is read from the local store, which holds none: codes and messages keep going out
+    # (what the fallback is for) rather than being refused for a list nobody can read.
+
+    async def suppress(self, address_hash: str, record: Suppression, ttl: int) -> None:
+        await self._primary_only(
+            "suppress", lambda: self.primary.suppress(address_hash, record, ttl)
+        )
+
+    async def unsuppress(self, address_hash: str) -> bool:
+        return await self._primary_only("unsuppress", lambda: self.primary.unsuppress(address_hash))
+
+    async def suppressions(self, address_hashes: Sequence[str]) -> list[Suppression | None]:
+        return await self._either(
+            "suppressions",
+            lambda: self.primary.suppressions(address_hashes),
+            lambda: self.local.suppressions(address_hashes),
+        )
 
     # Provider reports are linked and looked up in the primary only: a task delivered
     # from the local store while degraded gets no reports.

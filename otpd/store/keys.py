@@ -60,6 +60,10 @@ class KeyLayout:
         id), and the reports that arrived before the link."""
         return f"{self.prefix}pm:{{m:{ref}}}"
 
+    def suppression(self, address_hash: str) -> str:
+        """A suppressed recipient (``address_hash``: a keyed hash of its address)."""
+        return f"{self.prefix}supp:{{s:{address_hash}}}"
+
     def counter(self, name: str) -> str:
         return f"{self.prefix}ctr:{{c:{name}}}"
 

@@ -31,6 +31,7 @@ from otpd.store.base import (
     Limit,
     LimitExceeded,
     OtpRecord,
+    Suppression,
     TokenCheck,
     TokenOutcome,
     TokenRecord,
@@ -110,6 +111,7 @@ _Value = (
     | _Totp
     | _Link
     | frozenset[str]
+    | Suppression
 )
 
 
@@ -387,6 +389,26 @@ class MemoryStore:
         self._done()
         return None if rec is None else dataclasses.replace(rec)
 
+    # ------------------------------------------------------------------ suppressions
+
+    async def suppress(self, address_hash: str, record: Suppression, ttl: int) -> None:
+        expires_at = self._clock.time() + ttl if ttl > 0 else math.inf
+        self._set(self._keys.suppression(address_hash), record, expires_at)
+        self._done()
+
+    async def unsuppress(self, address_hash: str) -> bool:
+        key = self._keys.suppression(address_hash)
+        found = self._get(key, Suppression) is not None
+        if found:
+            self._delete(key)
+        self._done()
+        return found
+
+    async def suppressions(self, address_hashes: Sequence[str]) -> list[Suppression | None]:
+        found = [self._get(self._keys.suppression(h), Suppression) for h in address_hashes]
+        self._done()
+        return found
+
     # ------------------------------------------------------------------ claims
 
     async def claim(self, scope: str, ref: str, fingerprint: str, ttl: int) -> Claim:
@@ -632,8 +654,6 @@ class MemoryStore:
         return found
 
 
-
-
 def _reported(record: TaskRecord, report: TaskReport) -> TaskRecord:
     """``record`` with ``report`` applied (the caller checked that it applies)."""
     delivered = report.status is TaskStatus.DELIVERED
@@ -644,4 +664,3 @@ def _reported(record: TaskRecord, report: TaskReport) -> TaskRecord:
         delivered_at=report.at if delivered else record.delivered_at,
         reason="" if delivered else report.reason,
     )
-

@@ -28,7 +28,7 @@ from otpd.store import (
     create_store,
     register_backend,
 )
-from otpd.store.base import TotpOutcome, TotpRecord
+from otpd.store.base import Suppression, TotpOutcome, TotpRecord
 from otpd.store.memory import MemoryStore
 from otpd.store.reports import ReportOutcome, TaskReport
 
@@ -107,6 +107,18 @@ class WrappedStore:
     async def get_task(self, task_id: str) -> TaskRecord | None:
         self.calls += 1
         return await self.inner.get_task(task_id)
+
+    async def suppress(self, address_hash: str, record: Suppression, ttl: int) -> None:
+        self.calls += 1
+        await self.inner.suppress(address_hash, record, ttl)
+
+    async def unsuppress(self, address_hash: str) -> bool:
+        self.calls += 1
+        return await self.inner.unsuppress(address_hash)
+
+    async def suppressions(self, address_hashes: Sequence[str]) -> list[Suppression | None]:
+        self.calls += 1
+        return await self.inner.suppressions(address_hashes)
 
     async def claim(self, scope: str, ref: str, fingerprint: str, ttl: int) -> Claim:
         self.calls += 1

@@ -11,7 +11,7 @@ import pytest
 from otpd.clock import FakeClock
 from otpd.errors import UnavailableError
 from otpd.models import Channel, Message, TaskRecord, TaskStatus, VerifyReason
-from otpd.store.base import Bucket, Claim, ClaimState, Limit, OtpRecord, Store
+from otpd.store.base import Bucket, Claim, ClaimState, Limit, OtpRecord, Store, Suppression
 from otpd.store.memory import MemoryStore
 from otpd.store.reports import PARKED_MAX, ReportOutcome, TaskReport
 from tests.conftest import ConfigFactory
@@ -227,6 +227,34 @@ async def test_reports_apply_once_in_any_order_and_never_weaken_a_status(
     assert await store.report_task(rec.task_id, other) is ReportOutcome.OTHER_MESSAGE
     gone = report(TaskStatus.DELIVERED, "e5", t)
     assert await store.report_task("tsk_" + "3" * 24, gone) is ReportOutcome.GONE
+
+
+async def test_suppressions_are_read_in_order_replaced_and_lifted(store: Store) -> None:
+    bounce = Suppression("a***@example.com", "bounce", "webhook", 1_700_000_000.5)
+    manual = Suppression("+4477******23", "manual", "api", 1_700_000_001.0)
+    assert await store.suppressions([]) == []
+    assert await store.suppressions(["h1", "h2"]) == [None, None]
+    await store.suppress("h1", bounce, 0)
+    await store.suppress("h2", manual, 3600)
+    assert await store.suppressions(["h2", "h3", "h1"]) == [manual, None, bounce]
+    again = Suppression("a***@example.com", "complaint", "webhook", 1_700_000_002.0)
+    await store.suppress("h1", again, 0)
+    assert await store.suppressions(["h1"]) == [again]
+    assert await store.unsuppress("h1") is True
+    assert await store.unsuppress("h1") is False
+    assert await store.suppressions(["h1", "h2"]) == [None, manual]
+
+
+async def test_a_suppression_with_a_ttl_expires(store: Store, clock: FakeClock) -> None:
+    if not isinstance(store, MemoryStore):
+        pytest.skip("real Redis expiry takes real seconds")
+    await store.suppress("h1", Suppression("x", "bounce", "api", clock.time()), 60)
+    await store.suppress("h2", Suppression("y", "bounce", "api", clock.time()), 0)
+    clock.advance(61)
+    assert await store.suppressions(["h1", "h2"]) == [
+        None,
+        Suppression("y", "bounce", "api", clock.time() - 61),
+    ]
 
 
 async def test_a_report_before_the_link_is_parked_and_handed_over_once(store: Store) -> None:

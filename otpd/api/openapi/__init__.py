@@ -30,6 +30,7 @@ from otpd.api.schemas import (
     TokenBody,
     VerifyOtpBody,
 )
+from otpd.api.suppressions import SuppressionBody
 from otpd.api.totp import (
     TotpCodeBody,
     TotpConfirmBody,
@@ -44,6 +45,7 @@ from otpd.errors import (
     NotFoundError,
     OtpdError,
     RateLimitedError,
+    RecipientSuppressedError,
     SmsBlockedError,
     TotpAlreadyEnabledError,
     UnauthorizedError,
@@ -54,6 +56,7 @@ from otpd.models import Channel, OtpChannel, TaskStatus, VerifyReason
 from otpd.services.audit import AUDIT_EVENTS
 from otpd.services.tasks import MAX_DEAD_LETTERS
 from otpd.store.base import AUDIT_MAX_LIMIT
+from otpd.webhooks.events import WebhookRefusedError
 
 __all__ = [
     "OPENAPI_PATH",
@@ -179,6 +182,12 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
         attempts_left=INT,
     ),
     "TaskAccepted": _object(task_id=STRING),
+    "Suppression": _object(
+        ("suppressed",),
+        suppressed={"type": "boolean"},
+        reason=NULLABLE,
+        since={"type": ["string", "null"], "format": "date-time"},
+    ),
     "Task": _object(
         task_id=STRING,
         status={"enum": _enum(TaskStatus)},
@@ -346,6 +355,14 @@ OWNER = {"user_id": "42", "email": "ada@example.com"}
 TOKEN = {"token": "Hx3k9QpV2mT7yR4sW8zB1nC6dF5gJ0aL-eU_iO3pK7q"}
 LINK_REQUEST = {"user_id": "42", "email": "ada@example.com", "name": "Ada"}
 
+SUPPRESSED_ADDRESS = {
+    "name": "address",
+    "in": "query",
+    "required": True,
+    "schema": STRING,
+    "example": "ada@example.com",
+}
+
 OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "POST",
@@ -381,7 +398,7 @@ OPERATIONS: tuple[Operation, ...] = (
                 },
             )
         },
-        (RateLimitedError, SmsBlockedError),
+        (RateLimitedError, SmsBlockedError, RecipientSuppressedError),
         IssueOtpBody,
         {"user_id": "42", "channel": "email", "email": "ada@example.com"},
     ),
@@ -557,7 +574,7 @@ OPERATIONS: tuple[Operation, ...] = (
                 },
             )
         },
-        (RateLimitedError,),
+        (RateLimitedError, RecipientSuppressedError),
         LinkRequestBody,
         LINK_REQUEST,
     ),
@@ -737,6 +754,49 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "GET",
+        "/v1/suppressions",
+        "getSuppression",
+        "Whether an email address or E.164 number is on the suppression list",
+        "suppressions",
+        {
+            200: Answer(
+                "the entry (suppressed false when there is none)",
+                _ref("Suppression"),
+                {"suppressed": True, "reason": "bounce", "since": "2026-12-02T05:50:00Z"},
+            )
+        },
+        (ValidationError,),
+        parameters=(SUPPRESSED_ADDRESS,),
+    ),
+    Operation(
+        "POST",
+        "/v1/suppressions",
+        "addSuppression",
+        "Suppress a recipient: no OTP, link or message goes to it until it is lifted",
+        "suppressions",
+        {
+            201: Answer(
+                "suppressed",
+                _ref("Suppression"),
+                {"suppressed": True, "reason": "manual", "since": "2026-12-02T05:50:00Z"},
+            )
+        },
+        (ValidationError,),
+        SuppressionBody,
+        {"address": "ada@example.com", "reason": "manual"},
+    ),
+    Operation(
+        "DELETE",
+        "/v1/suppressions",
+        "deleteSuppression",
+        "Lift the suppression of a recipient (204 whether or not it was suppressed)",
+        "suppressions",
+        {204: Answer("not suppressed")},
+        (ValidationError,),
+        parameters=(SUPPRESSED_ADDRESS,),
+    ),
+    Operation(
+        "GET",
         "/v1/audit",
         "listAuditEvents",
         "The audit trail, newest first (without user_id: the events that name no user)",
@@ -859,6 +919,37 @@ OPERATIONS: tuple[Operation, ...] = (
         "health",
         {200: Answer("the Prometheus text format", STRING, media_type=METRICS_CONTENT_TYPE)},
         (UnauthorizedError, NotFoundError),
+        public=True,
+    ),
+    Operation(
+        "POST",
+        "/webhooks/twilio",
+        "twilio_webhook",
+        "Twilio SMS status callback (X-Twilio-Signature over twilio.status_callback)",
+        "webhooks",
+        {200: Answer("verified and applied", _object(accepted=INT), {"accepted": 1})},
+        (WebhookRefusedError, (ValidationError.status, ValidationError.code)),
+        form={"type": "object", "additionalProperties": STRING},
+        public=True,
+    ),
+    Operation(
+        "POST",
+        "/webhooks/mailgun",
+        "mailgun_webhook",
+        "Mailgun webhook (HMAC of timestamp and token; a token is accepted once)",
+        "webhooks",
+        {200: Answer("verified and applied", _object(accepted=INT), {"accepted": 1})},
+        (WebhookRefusedError, (ValidationError.status, ValidationError.code)),
+        public=True,
+    ),
+    Operation(
+        "POST",
+        "/webhooks/sendgrid",
+        "sendgrid_webhook",
+        "SendGrid Event Webhook (ECDSA P-256 signature over timestamp and body)",
+        "webhooks",
+        {200: Answer("verified and applied", _object(accepted=INT), {"accepted": 1})},
+        (WebhookRefusedError, (ValidationError.status, ValidationError.code)),
         public=True,
     ),
 )

@@ -120,6 +120,8 @@ class LinkService:
         rendered either way), so a refusal cannot be told apart by timing.
         """
         deps = self.deps
+        if deps.suppressions is not None:
+            await deps.suppressions.check({"email": req.email})
         owner_ref = self.tokens.owner_ref(req.purpose, req.user_id)
         token = self.tokens.new(owner_ref)
         now = deps.clock.time()

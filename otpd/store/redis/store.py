@@ -35,6 +35,7 @@ from otpd.store.base import (
     Limit,
     LimitExceeded,
     OtpRecord,
+    Suppression,
     TokenCheck,
     TokenOutcome,
     TokenRecord,
@@ -82,6 +83,9 @@ _SCRIPTS = (
     "message_link",
     "message_task",
     "task_report",
+    # the suppression list (otpd.services.suppressions)
+    "suppress",
+    "unsuppress",
     "audit_append",
     # TOTP (otpd.services.totp)
     "totp_begin",
@@ -164,6 +168,17 @@ def parse_task(raw: Mapping[str, str]) -> TaskRecord | None:
         provider_message_id=raw.get("provider_message_id", ""),
         delivered_at=float(raw.get("delivered_at") or 0),
         reason=raw.get("reason", ""),
+    )
+
+
+def _parse_suppression(raw: Mapping[str, str]) -> Suppression | None:
+    if not raw or "reason" not in raw:
+        return None
+    return Suppression(
+        display=raw.get("display", ""),
+        reason=raw["reason"],
+        source=raw.get("source", ""),
+        since=float(raw.get("since") or 0),
     )
 
 
@@ -633,6 +648,32 @@ class RedisStore:
         key = self.layout.task(task_id)
         raw = cast(dict[str, str], await self.call("get_task", lambda: self.redis.hgetall(key)))
         return parse_task(raw)
+
+    # ------------------------------------------------------------------ suppressions
+
+    async def suppress(self, address_hash: str, record: Suppression, ttl: int) -> None:
+        flat = ["display", record.display, "reason", record.reason]
+        flat += ["source", record.source, "since", repr(record.since)]
+        await self.script("suppress", [self.layout.suppression(address_hash)], [ttl, *flat])
+
+    async def unsuppress(self, address_hash: str) -> bool:
+        key = self.layout.suppression(address_hash)
+        return int(await self.script("unsuppress", [key], [])) == 1
+
+    async def suppressions(self, address_hashes: Sequence[str]) -> list[Suppression | None]:
+        if not address_hashes:
+            return []
+        keys = [self.layout.suppression(h) for h in address_hashes]
+
+        async def read() -> list[Any]:
+            # one pipeline: one round trip, split by node in a cluster
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hgetall(key)  # type: ignore[unused-awaitable]  # queued, not sent
+                return list(await pipe.execute())
+
+        replies = await self.call("suppressions", read)
+        return [_parse_suppression(raw) for raw in replies]
 
     # ------------------------------------------------------------------ provider reports
 
