@@ -125,7 +125,16 @@ class OtpdRequestHandler(RequestHandler):
         if self._admitted:
             self._admitted = False
             self._otpd_server.release()
+        task = self._task_handler
+        between_requests = self._current_request is None
         super().connection_lost(exc)
+        if task is not None and between_requests and not task.done():
+            # No request is being handled: the task waits for the next head or lingers
+            # over the unread body of an answered one. aiohttp drops its reference here
+            # and never ends a lingering read whose connection is gone, so the task would
+            # be destroyed while pending; end it now. (A handler that is still running is
+            # left to finish: its writes must complete.)
+            task.cancel()
 
     def evict(self) -> None:
         """Close this idle kept-alive connection to make room for a new one: its place is
