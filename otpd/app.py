@@ -175,7 +175,6 @@ class Otpd:
                 self.store,
                 hasher=self.hasher,
                 keyring=self.keyring,
-                clock=self.clock,
                 metrics=self.metrics,
                 audit=self.audit,
                 ttl=self.config.dispatch.task_ttl_seconds,

@@ -79,6 +79,27 @@ class AuditSink(Protocol):
         """Record ``event``; ``recipient`` in clear (the sink masks it). Never raises."""
 
 
+class _InFlight:
+    """A count of pieces of work under way, and a way to wait until there are none."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._none = asyncio.Event()
+        self._none.set()
+
+    def begin(self) -> None:
+        self._count += 1
+        self._none.clear()
+
+    def end(self) -> None:
+        self._count -= 1
+        if not self._count:
+            self._none.set()
+
+    async def idle(self) -> None:
+        await self._none.wait()
+
+
 @dataclass(frozen=True, slots=True)
 class ShutdownReport:
     """What the drain could not finish; those tasks are recorded as failed."""
@@ -118,6 +139,7 @@ class Dispatcher:
         self.audit = audit
         self.reports = reports
         self.suppressions = suppressions
+        self._linking = _InFlight()
         self._workers: list[asyncio.Task[None]] = []
         self._interrupted: list[Job] = []
         self._accepting = False
@@ -163,8 +185,14 @@ class Dispatcher:
         self._metrics.queue_oldest_age.set(oldest)
 
     async def wait_idle(self) -> None:
-        """Wait until every accepted task reached a final status (retries included)."""
+        """Wait until every accepted task reached a final status (retries included) and
+        every sent one is linked to its provider message."""
         await self.queue.idle()
+        await self._linking.idle()
+
+    async def _drained(self) -> None:
+        await self.queue.join()
+        await self._linking.idle()
 
     async def shutdown(self) -> ShutdownReport:
         """Stop intake, drain within ``drain_timeout_seconds``, fail what the queue cannot
@@ -178,7 +206,7 @@ class Dispatcher:
         self.queue.hold_retries()
         drained = True
         try:
-            await asyncio.wait_for(self.queue.join(), self.config.drain_timeout_seconds)
+            await asyncio.wait_for(self._drained(), self.config.drain_timeout_seconds)
         except TimeoutError:
             drained = False
         await self._stop_workers()
@@ -350,16 +378,23 @@ class Dispatcher:
             return
         record.last_error = ""
         record.provider_message_id = result.message_id
-        await self._finish(job, TaskStatus.SENT, "", result.provider)
-        if self.reports is not None:
-            await self._link(record)
+        if self.reports is None:
+            await self._finish(job, TaskStatus.SENT, "", result.provider)
+            return
+        # The link follows the status write (a report applies to a sent task only) but
+        # counts as part of the delivery: wait_idle and the drain wait for it too.
+        self._linking.begin()
+        try:
+            await self._finish(job, TaskStatus.SENT, "", result.provider)
+            await self._link(self.reports, record)
+        finally:
+            self._linking.end()
 
-    async def _link(self, record: TaskRecord) -> None:
+    async def _link(self, reports: ReportLink, record: TaskRecord) -> None:
         """Link a sent task to the provider's message id; without the link the provider's
         reports find no task (the message itself is sent and recorded either way)."""
-        assert self.reports is not None
         try:
-            await self.reports.linked(record)
+            await reports.linked(record)
         except UnavailableError:
             log.warning("task.not_linked", task_id=record.task_id, provider=record.provider)
 

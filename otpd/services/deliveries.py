@@ -12,13 +12,13 @@ applied when the link is made.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Protocol
 
 import structlog
 
-from otpd.clock import Clock
 from otpd.crypto import Hasher
 from otpd.errors import ValidationError
 from otpd.metrics import Metrics
@@ -64,7 +64,6 @@ class DeliveryReports:
         *,
         hasher: Hasher,
         keyring: Keyring,
-        clock: Clock,
         metrics: Metrics,
         audit: AuditTrail,
         ttl: int,
@@ -73,7 +72,6 @@ class DeliveryReports:
         self.store = store
         self.hasher = hasher
         self.keyring = keyring
-        self.clock = clock
         self.metrics = metrics
         self.audit = audit
         self.ttl = ttl
@@ -91,21 +89,20 @@ class DeliveryReports:
         for parked in await self.store.link_message(ref, record.task_id, self.ttl):
             event = self._unpark(parked)
             if event is not None:
-                await self._apply(record.task_id, event)
+                await self._apply(record.task_id, event, self._event_ref(event))
 
     async def apply(self, events: Sequence[DeliveryEvent]) -> None:
         """Apply verified reports; raises UnavailableError only (the provider retries)."""
         for event in events:
             ref = self._ref(event.provider, event.message_id)
-            task_id = await self.store.message_task(
-                ref, self._event_ref(event), self._park(event), self.ttl
-            )
+            event_ref = self._event_ref(event)
+            task_id = await self.store.message_task(ref, event_ref, self._park(event), self.ttl)
             if task_id is None:
                 self.metrics.delivery_reports.labels(event.provider, "parked").inc()
                 log.info("delivery.report_parked", provider=event.provider, status=event.outcome)
                 await self._suppress(event)
                 continue
-            if await self._apply(task_id, event) is not ReportOutcome.DUPLICATE:
+            if await self._apply(task_id, event, event_ref) is not ReportOutcome.DUPLICATE:
                 await self._suppress(event)
 
     async def _suppress(self, event: DeliveryEvent) -> None:
@@ -125,12 +122,10 @@ class DeliveryReports:
     def _event_ref(self, event: DeliveryEvent) -> str:
         return self.hasher.digest("provider-event", event.provider, event.event_id)
 
-    async def _apply(self, task_id: str, event: DeliveryEvent) -> ReportOutcome:
+    async def _apply(self, task_id: str, event: DeliveryEvent, event_ref: str) -> ReportOutcome:
         status = TaskStatus(event.outcome.value)
         reason = "" if event.outcome is DeliveryOutcome.DELIVERED else event.reason[:_REASON_MAX]
-        report = TaskReport(
-            event.message_id, self._event_ref(event), status, reason, event.occurred_at
-        )
+        report = TaskReport(event.message_id, event_ref, status, reason, event.occurred_at)
         outcome = await self.store.report_task(task_id, report)
         self.metrics.delivery_reports.labels(event.provider, outcome.value).inc()
         log.info(
@@ -153,36 +148,14 @@ class DeliveryReports:
     # A parked report holds the recipient (for the suppression list): sealed at rest.
 
     def _park(self, event: DeliveryEvent) -> str:
-        data = json.dumps(
-            [
-                event.provider,
-                event.message_id,
-                event.event_id,
-                event.outcome.value,
-                event.occurred_at,
-                event.reason,
-                event.permanent,
-                event.recipient,
-            ],
-            separators=(",", ":"),
-        ).encode()
+        data = json.dumps(dataclasses.astuple(event), separators=(",", ":")).encode()
         return self.keyring.seal(data, _PARK_BINDING)
 
     def _unpark(self, parked: str) -> DeliveryEvent | None:
         try:
-            provider, message_id, event_id, outcome, at, reason, permanent, recipient = json.loads(
-                self.keyring.open(parked, _PARK_BINDING)
-            )
+            fields = json.loads(self.keyring.open(parked, _PARK_BINDING))
+            event = DeliveryEvent(*fields)
+            return dataclasses.replace(event, outcome=DeliveryOutcome(event.outcome))
         except (SealError, ValueError, TypeError):
             log.warning("delivery.parked_report_unreadable")
             return None
-        return DeliveryEvent(
-            str(provider),
-            str(message_id),
-            str(event_id),
-            DeliveryOutcome(outcome),
-            float(at),
-            str(reason),
-            bool(permanent),
-            str(recipient),
-        )

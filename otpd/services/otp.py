@@ -134,17 +134,7 @@ class OtpService:
                 raise
 
         now = self.clock.time()
-        record = OtpRecord(
-            otp_id=new_id("otp"),
-            code_hash=self._code_hash(user_id, purpose, code),
-            channel=otp_channel.value,
-            purpose=purpose,
-            created_at=now,
-            expires_at=now + self.config.ttl_seconds,
-            max_attempts=self.config.max_attempts,
-            client_ip=client_ip or "",
-            user_agent=user_agent or "",
-        )
+        record = self._record(user_id, purpose, code, otp_channel, client_ip, user_agent, now)
         refused = await self.store.issue_otp(user_id, record, limits, now)
         if refused is not None:
             if charge is not None:
@@ -192,6 +182,29 @@ class OtpService:
         )
         return OtpIssued(record.otp_id, record.expires_at, tuple(deliveries))
 
+    def _record(
+        self,
+        user_id: str,
+        purpose: str,
+        code: str,
+        channel: OtpChannel,
+        client_ip: str | None,
+        user_agent: str | None,
+        now: float,
+    ) -> OtpRecord:
+        """What is stored of a new code: its keyed hash, never the code."""
+        return OtpRecord(
+            otp_id=new_id("otp"),
+            code_hash=self._code_hash(user_id, purpose, code),
+            channel=channel.value,
+            purpose=purpose,
+            created_at=now,
+            expires_at=now + self.config.ttl_seconds,
+            max_attempts=self.config.max_attempts,
+            client_ip=client_ip or "",
+            user_agent=user_agent or "",
+        )
+
     def _fixed_code(self, email: str | None, phone: str | None) -> str | None:
         """The fixed code when every address of the request is a test recipient with the
         same code (``otp.test_recipients``), else None."""
@@ -219,17 +232,7 @@ class OtpService:
         """A test recipient's code: stored like any other (it verifies, expires and counts
         attempts the same way), but nothing is sent and no limit or budget is counted."""
         now = self.clock.time()
-        record = OtpRecord(
-            otp_id=new_id("otp"),
-            code_hash=self._code_hash(user_id, purpose, code),
-            channel=channel.value,
-            purpose=purpose,
-            created_at=now,
-            expires_at=now + self.config.ttl_seconds,
-            max_attempts=self.config.max_attempts,
-            client_ip=client_ip or "",
-            user_agent=user_agent or "",
-        )
+        record = self._record(user_id, purpose, code, channel, client_ip, user_agent, now)
         await self.store.issue_otp(user_id, record, [], now)
         self.metrics.otp_issued.labels(channel.value).inc()
         await self.deps.audit.record(

@@ -9,7 +9,17 @@ from typing import Protocol
 
 from otpd.errors import UnauthorizedError
 
-__all__ = ["DeliveryEvent", "DeliveryOutcome", "EventSink", "WebhookRefusedError"]
+__all__ = [
+    "REPLAY_WINDOW",
+    "DeliveryEvent",
+    "DeliveryOutcome",
+    "EventSink",
+    "WebhookRefusedError",
+    "check_fresh",
+]
+
+REPLAY_WINDOW = 300
+"""Seconds a signed webhook stays acceptable either side of now (its signed timestamp)."""
 
 
 class DeliveryOutcome(enum.StrEnum):
@@ -58,3 +68,11 @@ class EventSink(Protocol):
 
     async def apply(self, events: Sequence[DeliveryEvent]) -> None:
         """Apply ``events`` idempotently and in any order; raises only UnavailableError."""
+
+
+def check_fresh(timestamp: str, now: float) -> None:
+    """Refuse a signed timestamp (UNIX seconds, ASCII digits) more than
+    :data:`REPLAY_WINDOW` away from ``now``."""
+    ok = timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12
+    if not ok or abs(now - int(timestamp)) > REPLAY_WINDOW:
+        raise WebhookRefusedError("signature is stale")

@@ -10,11 +10,16 @@ from typing import Any
 from otpd.clock import Clock
 from otpd.errors import ValidationError
 from otpd.store.base import ClaimState, Store
-from otpd.webhooks.events import DeliveryEvent, DeliveryOutcome, WebhookRefusedError
+from otpd.webhooks.events import (
+    REPLAY_WINDOW,
+    DeliveryEvent,
+    DeliveryOutcome,
+    WebhookRefusedError,
+    check_fresh,
+)
 
-__all__ = ["REPLAY_WINDOW", "MailgunWebhook", "mailgun_signature"]
+__all__ = ["MailgunWebhook", "mailgun_signature"]
 
-REPLAY_WINDOW = 300
 """Seconds a timestamp may be off the clock, either way; tokens are kept this long twice."""
 _SCOPE = "webhook:mailgun"
 
@@ -45,8 +50,7 @@ class MailgunWebhook:
         expected = mailgun_signature(self._key, timestamp, token)
         if not hmac.compare_digest(given.encode(), expected.encode()):
             raise WebhookRefusedError("signature is wrong")
-        if not timestamp.isdigit() or abs(self._clock.time() - int(timestamp)) > REPLAY_WINDOW:
-            raise WebhookRefusedError("signature is stale")
+        check_fresh(timestamp, self._clock.time())
         ref = hmac.new(self._key.encode(), token.encode(), hashlib.sha256).hexdigest()
         claim = await self._store.claim(_SCOPE, ref, ref, 2 * REPLAY_WINDOW)
         if claim.state is not ClaimState.CLAIMED:

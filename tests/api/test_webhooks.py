@@ -118,24 +118,23 @@ async def test_a_forged_twilio_signature_is_refused_and_changes_nothing(
     assert (await task(client, "tsk_bbbbbbbbbbbbbbbbbbbbbbbb"))["status"] == "sent"
 
 
-def mailgun_body(clock: FakeClock, token: str) -> bytes:
+def mailgun_body(clock: FakeClock, token: str, **event: Any) -> bytes:
+    """A signed Mailgun webhook; ``event`` replaces fields of a delivered event."""
     timestamp = str(int(clock.time()))
-    return json.dumps(
-        {
-            "signature": {
-                "timestamp": timestamp,
-                "token": token,
-                "signature": mailgun_signature(MAILGUN_KEY, timestamp, token),
-            },
-            "event-data": {
-                "event": "delivered",
-                "id": "ev-1",
-                "timestamp": clock.time(),
-                "recipient": "ana@example.com",
-                "message": {"headers": {"message-id": "20261202.1@mg.example.com"}},
-            },
-        }
-    ).encode()
+    data = {
+        "event": "delivered",
+        "id": "ev-1",
+        "timestamp": clock.time(),
+        "recipient": "ana@example.com",
+        "message": {"headers": {"message-id": "20261202.1@mg.example.com"}},
+        **event,
+    }
+    signature = {
+        "timestamp": timestamp,
+        "token": token,
+        "signature": mailgun_signature(MAILGUN_KEY, timestamp, token),
+    }
+    return json.dumps({"signature": signature, "event-data": data}).encode()
 
 
 async def test_a_mailgun_delivered_event_counts_once_and_its_replay_is_refused(
@@ -197,35 +196,22 @@ async def test_garbage_bytes_never_give_a_500(
     assert "code" in (await resp.json())["error"]
 
 
-def mailgun_bounce(clock: FakeClock, token: str, recipient: str) -> bytes:
-    timestamp = str(int(clock.time()))
-    return json.dumps(
-        {
-            "signature": {
-                "timestamp": timestamp,
-                "token": token,
-                "signature": mailgun_signature(MAILGUN_KEY, timestamp, token),
-            },
-            "event-data": {
-                "event": "failed",
-                "severity": "permanent",
-                "reason": "bounce",
-                "id": "ev-bounce-1",
-                "timestamp": clock.time(),
-                "recipient": recipient,
-                "delivery-status": {"code": 550, "message": "5.1.1 mailbox unknown"},
-                "message": {"headers": {"message-id": "20261202.9@mg.example.com"}},
-            },
-        }
-    ).encode()
-
-
 async def test_a_hard_bounce_suppresses_the_address_until_the_suppression_is_deleted(
     client: TestClient[Any, Any], otpd: Otpd, clock: FakeClock
 ) -> None:
     await sent_task(otpd, "tsk_eeeeeeeeeeeeeeeeeeeeeeee", "mailgun", "<20261202.9@mg.example.com>")
     resp = await client.post(
-        "/webhooks/mailgun", data=mailgun_bounce(clock, "token-9", "Gone@Example.com")
+        "/webhooks/mailgun",
+        data=mailgun_body(
+            clock,
+            "token-9",
+            event="failed",
+            severity="permanent",
+            reason="bounce",
+            id="ev-bounce-1",
+            recipient="Gone@Example.com",
+            message={"headers": {"message-id": "20261202.9@mg.example.com"}},
+        ),
     )
     assert resp.status == 200
     assert (await task(client, "tsk_eeeeeeeeeeeeeeeeeeeeeeee"))["status"] == "bounced"

@@ -14,6 +14,7 @@ from otpd.clock import FakeClock
 from otpd.config import BreakerConfig, Config, DispatchConfig, EmailConfig
 from otpd.crypto import Hasher
 from otpd.dispatch import Admission, Dispatcher, RetryPolicy
+from otpd.dispatch.dispatcher import ReportLink
 from otpd.errors import UnavailableError
 from otpd.metrics import Metrics
 from otpd.models import Channel, Message, SendResult, TaskRecord, TaskStatus
@@ -44,6 +45,7 @@ async def running(
     config: DispatchConfig,
     clock: FakeClock,
     admission: Admission | None = None,
+    reports: ReportLink | None = None,
 ) -> AsyncIterator[Dispatcher]:
     metrics = Metrics()
     chain = ProviderChain(
@@ -56,7 +58,13 @@ async def running(
     async with (
         chain,
         Dispatcher(
-            store, {Channel.EMAIL: chain}, config, clock=clock, metrics=metrics, admission=admission
+            store,
+            {Channel.EMAIL: chain},
+            config,
+            clock=clock,
+            metrics=metrics,
+            admission=admission,
+            reports=reports,
         ) as dispatcher,
     ):
         yield dispatcher
@@ -88,6 +96,44 @@ async def test_delivered_task_is_recorded_as_sent(store: Store, clock: FakeClock
         record = await settled(dispatcher, queued.task_id)
     assert (record.status, record.attempts, record.provider) == (TaskStatus.SENT, 1, "outbox")
     assert provider.sent == [MSG]
+
+
+class RecordingLink:
+    """Records each task the dispatcher links, with its stored status at that moment;
+    a link takes a while, as a store round trip does (the drain must wait for it)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.seen: list[tuple[str, str, TaskStatus | None]] = []
+
+    async def linked(self, record: TaskRecord) -> None:
+        await asyncio.sleep(0.05)
+        stored = await self.store.get_task(record.task_id)
+        self.seen.append(
+            (record.provider, record.provider_message_id, stored.status if stored else None)
+        )
+
+
+async def test_a_sent_task_is_linked_to_the_provider_message_after_it_is_recorded_sent(
+    store: Store, clock: FakeClock
+) -> None:
+    link = RecordingLink(store)
+    provider = ScriptedProvider("sendgrid", [transient()])
+    async with running(store, provider, fast(), clock, reports=link) as dispatcher:
+        queued = await dispatcher.enqueue(MSG)
+        await settled(dispatcher, queued.task_id)
+    # once, after the retry succeeded, with the id the provider returned, and not cut off
+    # by the drain that ended the block right after the task was recorded sent
+    assert link.seen == [("sendgrid", "sendgrid-1", TaskStatus.SENT)]
+
+
+async def test_a_failed_task_is_never_linked(store: Store, clock: FakeClock) -> None:
+    link = RecordingLink(store)
+    provider = ScriptedProvider("sendgrid", [permanent()])
+    async with running(store, provider, fast(), clock, reports=link) as dispatcher:
+        queued = await dispatcher.enqueue(MSG)
+        await settled(dispatcher, queued.task_id)
+    assert link.seen == []
 
 
 async def test_transient_failure_is_retried_then_delivered(store: Store, clock: FakeClock) -> None:
