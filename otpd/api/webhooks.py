@@ -43,3 +43,19 @@ async def sendgrid_webhook(request: web.Request) -> web.Response:
     raw = await read_raw(request)
     events = await request.app[OTPD].webhooks.sendgrid.events(request.headers, raw)
     return await _apply(request, events)
+
+
+@webhook_routes.post("/webhooks/vonage")
+@public
+async def vonage_webhook(request: web.Request) -> web.Response:
+    raw = await read_raw(request)
+    events = await request.app[OTPD].webhooks.vonage.events(request.headers, raw)
+    return await _apply(request, events)
+
+
+@webhook_routes.post("/webhooks/ses")
+@public
+async def ses_webhook(request: web.Request) -> web.Response:
+    raw = await read_raw(request)
+    events = await request.app[OTPD].webhooks.ses.events(request.headers, raw)
+    return await _apply(request, events)

@@ -28,6 +28,7 @@ from otpd.config.sections import (
     StoreConfig,
     TokensConfig,
     TotpConfig,
+    WebhooksConfig,
 )
 from otpd.config.vendors import (
     EMAIL_PROVIDERS,
@@ -75,6 +76,7 @@ __all__ = [
     "TotpConfig",
     "TwilioConfig",
     "VonageConfig",
+    "WebhooksConfig",
     "exposure_problem",
     "is_loopback",
     "load_config",

@@ -27,6 +27,7 @@ from otpd.config.sections import (
     StoreConfig,
     TokensConfig,
     TotpConfig,
+    WebhooksConfig,
 )
 from otpd.config.vendors import (
     PROVIDERS,
@@ -98,6 +99,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     totp: TotpConfig = field(default_factory=TotpConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
 
     def __post_init__(self) -> None:
         raise_problems(self.problems())

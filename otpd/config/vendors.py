@@ -206,6 +206,9 @@ class VonageConfig:
     api_secret: str = secret()
     from_: str = field(default="otpd", metadata={"key": "from"})
     base_url: str = "https://rest.nexmo.com"
+    signature_secret: str = secret()  # empty refuses every delivery receipt
+    # the dashboard's "signature method"; "md5hash" is Vonage's default
+    signature_method: Literal["md5hash", "md5", "sha1", "sha256", "sha512"] = "md5hash"
 
     def when_used(self) -> Iterator[Problem]:
         yield from _required("vonage", "vonage", api_key=self.api_key, api_secret=self.api_secret)

@@ -50,7 +50,7 @@ TWILIO_API = re.compile(
     r"^https://api\.twilio\.com/2010-04-01/Accounts/AC[0-9a-f]{32}/Messages\.json$"
 )
 # the document requires an 8-character key and a 6 to 32 character secret
-VONAGE = {"api_key": "abcd1234", "api_secret": "s3cret-0123", "from_": "Example"}
+VONAGE: dict[str, Any] = {"api_key": "abcd1234", "api_secret": "s3cret-0123", "from_": "Example"}
 
 # a text-only email with no Reply-To, non-ASCII text and no custom header
 PLAIN_SENDER = EmailConfig(from_address=SENDER.from_address, from_name="Zoë, Inc.")
