@@ -23,6 +23,7 @@ from otpd.api.middleware import auth_middleware, error_middleware, metrics_middl
 from otpd.api.openapi import openapi_routes
 from otpd.api.protocol import OtpdAppRunner
 from otpd.api.routes import OTPD, routes
+from otpd.api.sms_blocks import sms_block_routes
 from otpd.api.suppressions import suppression_routes
 from otpd.api.totp import totp_routes
 from otpd.api.webhooks import webhook_routes
@@ -75,6 +76,7 @@ def create_app(source: Config | Otpd, *, clock: Clock | None = None) -> web.Appl
     app.add_routes(audit_routes)
     app.add_routes(totp_routes)
     app.add_routes(suppression_routes)
+    app.add_routes(sms_block_routes)
     app.add_routes(hosted_routes)
     app.add_routes(openapi_routes)
     app.add_routes(webhook_routes)

@@ -11,30 +11,45 @@ message is queued, with rules checked cheapest first:
    counted or none in one call;
 3. the daily budget: estimated spend per UTC day, in the store. While the store serves
    from its local fallback (``store.fallback``) the budget fails closed: every SMS is
-   refused with ``budget_unavailable``.
+   refused with ``budget_unavailable``;
+4. conversion (OTP codes only): per number range, the codes sent and verified within
+   ``conversion_window_seconds``. A range with at least ``conversion_min_samples`` codes,
+   fewer than ``min_conversion`` of them verified, is blocked for ``auto_block_seconds``
+   (``low_conversion``); blocks are listed and lifted with ``/v1/sms/blocks``. This rule
+   fails open: while the store cannot count, codes go out uncounted.
 
 Every refusal increments ``otpd_sms_blocked_total{reason}``. Numbers reach the store only
-as keyed hashes.
+as keyed hashes (a blocked range's prefix also sealed, for the list of blocks).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import phonenumbers
 import structlog
 
+from otpd.clock import rfc3339
 from otpd.config import SmsConfig
 from otpd.crypto import new_id
-from otpd.errors import SmsBlockedError, StoreDegradedError, ValidationError
+from otpd.errors import (
+    NotFoundError,
+    SmsBlockedError,
+    StoreDegradedError,
+    UnavailableError,
+    ValidationError,
+)
 from otpd.redaction import mask_phone
+from otpd.sealing import SealError
 from otpd.services.deps import ServiceDeps
 from otpd.services.limits import retry_after
 from otpd.store import Limit
+from otpd.store.base import ConversionRule, SmsBlock
 from otpd.validation import e164, parse_phone
 
-__all__ = ["Charge", "SmsGuard", "SmsTarget"]
+__all__ = ["Charge", "Sample", "ShownBlock", "SmsGuard", "SmsTarget"]
 
 log = structlog.get_logger("otpd.sms_guard")
 
@@ -60,6 +75,23 @@ class Charge:
 
 
 @dataclass(frozen=True, slots=True)
+class Sample:
+    """An SMS code counted for its range's conversion, at ``at``; see :meth:`SmsGuard.uncount`."""
+
+    range_hash: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ShownBlock:
+    """A blocked range as ``GET /v1/sms/blocks`` shows it: the prefix opened ("" when no
+    key of the ring opens it any more)."""
+
+    prefix: str
+    block: SmsBlock
+
+
+@dataclass(frozen=True, slots=True)
 class SmsTarget:
     """One destination number as the rules see it."""
 
@@ -82,6 +114,13 @@ class SmsGuard:
         self.clock = deps.clock
         self.metrics = deps.metrics
         self.metrics.sms_budget.set(config.daily_budget)
+        self.rule = ConversionRule(
+            window=config.conversion_window_seconds,
+            min_samples=config.conversion_min_samples,
+            min_conversion=config.min_conversion,
+            block_seconds=config.auto_block_seconds,
+        )
+        self._prefix = re.compile(rf"\+[0-9]{{{config.prefix_digits}}}")
 
     async def admit(self, phone_e164: str) -> None:
         """Return if one SMS to ``phone_e164`` may be sent, and count it; raise otherwise.
@@ -202,3 +241,89 @@ class SmsGuard:
             log.warning("sms.budget_not_refunded", micros=charge.micros)
             return
         self.metrics.sms_spend.set(total / MICROS)
+
+    # ---------------------------------------------------------------- conversion
+
+    def _sealed_prefix(self, target: SmsTarget) -> str:
+        prefix = target.e164[: 1 + self.config.prefix_digits]
+        return self.deps.keyring.seal(prefix.encode(), f"sms-range:{target.range_hash}")
+
+    async def count_code(self, target: SmsTarget) -> Sample | None:
+        """Count one OTP code to ``target`` for its range's conversion, or raise
+        :class:`SmsBlockedError` (``low_conversion``) when the range is blocked, this call
+        included. None: not counted (the rule is off, or the store cannot count now)."""
+        if self.rule.min_samples <= 0:
+            return None
+        now = self.clock.time()
+        try:
+            block = await self.store.sms_sent(
+                target.range_hash, self._sealed_prefix(target), self.rule, now
+            )
+        except UnavailableError:
+            log.warning("sms.conversion_unavailable", country=target.country)
+            return None
+        if block is None:
+            return Sample(target.range_hash, now)
+        if block.fresh:
+            log.warning(
+                "sms.range_blocked",
+                to=mask_phone(target.e164),
+                country=target.country,
+                sent=block.sent,
+                verified=block.verified,
+            )
+            await self.deps.audit.record(
+                "sms_range_blocked",
+                recipient=target.e164,
+                range_hash=target.range_hash,
+                reason=block.reason,
+                sent=block.sent,
+                verified=block.verified,
+                expires_at=rfc3339(block.expires_at),
+            )
+        self.metrics.sms_blocked.labels(block.reason).inc()
+        raise SmsBlockedError(
+            "too few codes sent to this number range are verified; SMS to it are paused",
+            reason=block.reason,
+            retry_after=retry_after(block.expires_at - now),
+        )
+
+    async def uncount(self, sample: Sample) -> None:
+        """Take back a counted code that was not sent after all (its request was refused)."""
+        try:
+            await self.store.sms_unsent(sample.range_hash, self.rule, sample.at)
+        except UnavailableError:
+            log.warning("sms.conversion_not_uncounted")
+
+    async def credit(self, range_hash: str, issued_at: float) -> None:
+        """Credit a verified SMS code to its range; a store failure only loses the credit."""
+        if self.rule.min_samples <= 0:
+            return
+        try:
+            await self.store.sms_verified(range_hash, issued_at, self.rule, self.clock.time())
+        except UnavailableError:
+            log.warning("sms.conversion_not_credited")
+
+    async def blocks(self) -> list[ShownBlock]:
+        """Every live block, the soonest to expire first, with its prefix opened."""
+        shown = []
+        for block in await self.store.sms_blocks(self.clock.time()):
+            try:
+                bound = f"sms-range:{block.range_hash}"
+                prefix = self.deps.keyring.open(block.sealed_prefix, bound).decode()
+            except SealError:
+                prefix = ""
+            shown.append(ShownBlock(prefix, block))
+        return shown
+
+    async def lift(self, prefix: str) -> None:
+        """Lift the block of the range ``prefix`` (``+`` and ``prefix_digits`` digits) and
+        forget its samples; :class:`NotFoundError` when it is not blocked."""
+        if self._prefix.fullmatch(prefix) is None:
+            raise ValidationError.field(
+                "prefix", f"must be + and exactly {self.config.prefix_digits} digits"
+            )
+        range_hash = self.hasher.digest("sms-range", prefix[1:])
+        if not await self.store.sms_unblock(range_hash, self.clock.time()):
+            raise NotFoundError("this number range is not blocked")
+        await self.deps.audit.record("sms_block_lifted", range_hash=range_hash)

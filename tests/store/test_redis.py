@@ -149,14 +149,15 @@ async def test_sms_otp_issue_costs_the_code_script_and_the_task_record_only(
             await daemon.audit.flush()
 
         trips = await count_round_trips(raw, issue)
-    # the suppression list is read first; the guard's caps and range velocity ride in the
-    # issue script; the task record and its stream entry are the next script; the audit
-    # record (otp_issued) is the last, written by the trail's writer once the request is
-    # answered
+    # the suppression list is read first; the range's conversion sample is counted (or
+    # its block found) next; the guard's caps and range velocity ride in the issue script;
+    # the task record and its stream entry are the next script; the audit record
+    # (otp_issued) is the last, written by the trail's writer once the request is answered
     assert answered == [1]
-    assert [c.split()[0] for c in trips] == ["HGETALL", "EVALSHA", "EVALSHA", "EVALSHA"]
+    assert [c.split()[0] for c in trips] == ["HGETALL", "EVALSHA", "EVALSHA", "EVALSHA", "EVALSHA"]
     assert ":supp:{s:" in trips[0]
-    trips = trips[1:]
+    assert ":conv:{sms}:" in trips[1]
+    trips = trips[2:]
     enqueue = hashlib.sha1(
         load_script("task_enqueue", shebang=True).encode(), usedforsecurity=False
     ).hexdigest()
