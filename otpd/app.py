@@ -34,6 +34,7 @@ from otpd.sealing import Keyring
 from otpd.services.audit import AuditTrail
 from otpd.services.deliveries import DeliveryReports
 from otpd.services.deps import ServiceDeps
+from otpd.services.fallback import ChannelFallback
 from otpd.services.limits import LimitPolicy, SendingLimits
 from otpd.services.links import LinkService, Reminders
 from otpd.services.messages import MessageService
@@ -102,6 +103,7 @@ class Otpd:
     store: Store
     chains: dict[Channel, ProviderChain]
     deliveries: DeliveryReports
+    fallback: ChannelFallback
     webhooks: Webhooks
     suppressions: SuppressionList
 
@@ -180,8 +182,8 @@ class Otpd:
                 ttl=self.config.dispatch.task_ttl_seconds,
                 suppressions=self.suppressions,
             )
-            # the webhook verifiers (.ses joins them with the SES/SNS work)
-            self.webhooks = Webhooks.from_config(self.config, self.store, self.clock)
+            # the webhook verifiers (.ses fetches SNS certificates through the shared session)
+            self.webhooks = Webhooks.from_config(self.config, self.store, self.clock, http)
             # Entered last, so on exit it drains first, while providers are still open.
             self.dispatcher = await stack.enter_async_context(
                 Dispatcher(
@@ -280,7 +282,22 @@ class Otpd:
             suppressions=self.suppressions,
         )
         self.sms_guard = SmsGuard(self.config.sms, deps)
-        self.otp = OtpService(self.config.otp, deps, sms_guard=self.sms_guard)
+        self.fallback = ChannelFallback(
+            self.store,
+            keyring=self.keyring,
+            clock=self.clock,
+            metrics=self.metrics,
+            audit=self.audit,
+            after_seconds=self.config.otp.fallback_after_seconds,
+            trail_ttl=self.config.dispatch.task_ttl_seconds,
+        )
+        self.fallback.attach(self.dispatcher, self.sms_guard)
+        # a failed task, or one reported undelivered, sends its code's fallback
+        self.dispatcher.failures = self.fallback
+        self.deliveries.failures = self.fallback
+        self.otp = OtpService(
+            self.config.otp, deps, sms_guard=self.sms_guard, fallback=self.fallback
+        )
         self.tasks = TaskService(self.store, self.dispatcher)
         self.links = LinkService(self.config.links, self.config.tokens, deps)
         self.reminders = Reminders(self.links)

@@ -134,6 +134,13 @@ class Metrics:
             ["channel"],
             registry=r,
         )
+        self.otp_fallbacks = Counter(
+            "otpd_otp_fallbacks",
+            "Codes sent on their fallback channel after the first one failed, by the "
+            "fallback's channel and whether it was queued (sent) or refused",
+            ["channel", "result"],
+            registry=r,
+        )
         self.delivery_reports = Counter(
             "otpd_delivery_reports",
             "Provider reports (webhooks) by provider and what applying them did "

@@ -15,7 +15,9 @@ __all__ = [
     "Delivery",
     "Message",
     "OtpChannel",
+    "OtpDelivery",
     "OtpIssued",
+    "OtpStatus",
     "ProviderHealth",
     "SendResult",
     "TaskRecord",
@@ -125,6 +127,11 @@ class Message:
     def expired(self, now: float) -> bool:
         return bool(self.expires_at) and now >= self.expires_at
 
+    @property
+    def otp_id(self) -> str:
+        """The OTP the message carries, as its audit fields name it ("" for none)."""
+        return next((value for name, value in self.audit if name == "otp_id"), "")
+
     def to_json(self) -> bytes:
         """The message as compact JSON (to be sealed before it is stored anywhere)."""
         return json.dumps(
@@ -191,6 +198,8 @@ class TaskRecord:
     """When the provider reported the message delivered (0: not reported)."""
     reason: str = ""
     """The provider's reason for a bounce, a complaint or an undelivered message."""
+    otp_id: str = ""
+    """The code the message carries, when it carries one (not shown: the OTP answers it)."""
 
     def to_public(self) -> dict[str, Any]:
         return {
@@ -241,6 +250,44 @@ class OtpIssued:
     otp_id: str
     expires_at: float
     deliveries: tuple[Delivery, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OtpDelivery:
+    """One task that carries a code, with its status; ``fallback`` marks the one sent on
+    the other channel after the first failed."""
+
+    channel: Channel
+    task_id: str
+    status: str
+    fallback: bool = False
+
+    def to_public(self) -> dict[str, Any]:
+        return {
+            "channel": self.channel.value,
+            "task_id": self.task_id,
+            "status": self.status,
+            "fallback": self.fallback,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class OtpStatus:
+    """Where a code issued with a fallback went: ``status`` is ``pending``, ``verified``
+    or ``expired``."""
+
+    otp_id: str
+    status: str
+    expires_at: float
+    deliveries: tuple[OtpDelivery, ...]
+
+    def to_public(self) -> dict[str, Any]:
+        return {
+            "otp_id": self.otp_id,
+            "status": self.status,
+            "expires_at": rfc3339(self.expires_at),
+            "deliveries": [d.to_public() for d in self.deliveries],
+        }
 
 
 @dataclass(frozen=True, slots=True)

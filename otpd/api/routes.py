@@ -77,6 +77,12 @@ async def issue_otp(request: web.Request) -> web.Response:
     )
 
 
+@routes.get("/v1/otp/{otp_id}")
+async def otp_status(request: web.Request) -> web.Response:
+    status = await request.app[OTPD].otp.status(request.match_info["otp_id"])
+    return json_response(status.to_public())
+
+
 @routes.post("/v1/otp/verify")
 async def verify_otp(request: web.Request) -> web.Response:
     body = await read_body(request, VerifyOtpBody)

@@ -253,6 +253,7 @@ class IssueOtpBody:
     locale: str | None = field(default=None, metadata=_max(v.MAX_LOCALE))
     client_ip: str | None = field(default=None, metadata=_max(v.MAX_CLIENT_IP))
     user_agent: str | None = field(default=None, metadata=_max(v.MAX_USER_AGENT))
+    fallback: str | None = field(default=None, metadata=_max(16))
 
 
 @dataclass(frozen=True, slots=True)

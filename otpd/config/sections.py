@@ -6,6 +6,7 @@ import base64
 import binascii
 import dataclasses
 import re
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -34,6 +35,7 @@ __all__ = [
     "StoreConfig",
     "TokensConfig",
     "TotpConfig",
+    "WebhooksConfig",
     "sentinel_addresses",
 ]
 
@@ -238,6 +240,9 @@ class OtpConfig:
     """Fixed addresses or E.164 numbers -> fixed codes (app-store reviewers, end-to-end
     tests): nothing is sent to them and no limit is counted."""
     allow_test_recipients_in_production: bool = False
+    fallback_after_seconds: int = 30
+    """A code requested with ``fallback`` goes out on the other channel when its first
+    channel's task fails (or is reported undelivered) within this many seconds."""
 
     def __post_init__(self) -> None:
         c = Checks("otp")
@@ -246,6 +251,11 @@ class OtpConfig:
         c.need(1 <= self.max_attempts <= 20, "max_attempts", "must be 1 to 20")
         for key in ("per_user_hour", "per_user_day", "per_ip_hour"):
             c.positive(getattr(self, key), key)
+        c.need(
+            1 <= self.fallback_after_seconds <= self.ttl_seconds,
+            "fallback_after_seconds",
+            "must be 1 to otp.ttl_seconds",
+        )
         for recipient, code in self.test_recipients.items():
             key = f"test_recipients.{recipient[:64]}"
             c.need(
@@ -383,6 +393,10 @@ class SmsConfig:
     daily_budget: float = 0.0
     default_price: float = 0.05
     prices: dict[str, float] = field(default_factory=dict)
+    conversion_window_seconds: int = 3600
+    conversion_min_samples: int = 20
+    min_conversion: float = 0.2
+    auto_block_seconds: int = 43200
 
     def __post_init__(self) -> None:
         c = Checks("sms")
@@ -414,6 +428,14 @@ class SmsConfig:
         c.need(self.daily_budget >= 0, "daily_budget", "must be >= 0 (0 disables it)")
         c.need(self.default_price >= 0, "default_price", "must be >= 0")
         c.need(all(p >= 0 for p in self.prices.values()), "prices", "must be >= 0")
+        c.positive(self.conversion_window_seconds, "conversion_window_seconds")
+        c.need(
+            self.conversion_min_samples >= 0,
+            "conversion_min_samples",
+            "must be >= 0 (0 disables conversion blocking)",
+        )
+        c.need(0 <= self.min_conversion <= 1, "min_conversion", "must be 0 to 1")
+        c.positive(self.auto_block_seconds, "auto_block_seconds")
         c.done()
 
 
@@ -562,4 +584,52 @@ class TotpConfig:
         )
         c.need(1 <= self.max_failures <= 1000, "max_failures", "must be 1 to 1000")
         c.need(1 <= self.lockout_seconds <= 86400, "lockout_seconds", "must be 1 to 86400")
+        c.done()
+
+
+def _loads_cas(path: str) -> bool:
+    try:
+        ssl.create_default_context(cafile=path)
+    except OSError:  # missing, unreadable or no certificates (ssl.SSLError)
+        return False
+    return True
+
+
+_SNS_HOST = r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?"
+_TOPIC_ARN = re.compile(r"arn:aws(-[a-z]+)*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?")
+
+
+@dataclass(frozen=True, slots=True)
+class WebhooksConfig:
+    """What ``POST /webhooks/ses`` accepts: SES reports on these SNS topics, signed by a
+    certificate and confirmed at URLs that fully match the patterns (nothing else is
+    fetched); ``sns_ca_file`` replaces the system's CAs for those fetches (tests)."""
+
+    sns_topic_arns: tuple[str, ...] = ()
+    sns_cert_url_pattern: str = rf"^https://{_SNS_HOST}/SimpleNotificationService-[a-f0-9]+\.pem$"
+    sns_subscribe_url_pattern: str = rf"^https://{_SNS_HOST}/\?Action=ConfirmSubscription&[^\s#]*$"
+    sns_ca_file: str = ""
+    sns_max_age_seconds: int = 3600
+
+    def __post_init__(self) -> None:
+        c = Checks("webhooks")
+        bad = [arn for arn in self.sns_topic_arns if not _TOPIC_ARN.fullmatch(arn)]
+        c.need(not bad, "sns_topic_arns", f"not SNS topic ARNs: {bad}")
+        for key in ("sns_cert_url_pattern", "sns_subscribe_url_pattern"):
+            try:
+                re.compile(getattr(self, key))
+            except re.error as exc:
+                c.need(False, key, f"not a regular expression ({exc})")
+            else:
+                c.need(bool(getattr(self, key)), key, "must not be empty")
+        c.need(
+            not self.sns_ca_file or _loads_cas(self.sns_ca_file),
+            "sns_ca_file",
+            "must name a PEM file of CA certificates (empty: the system's CAs)",
+        )
+        c.need(
+            60 <= self.sns_max_age_seconds <= 7 * 86400,
+            "sns_max_age_seconds",
+            "must be 60 to 604800",
+        )
         c.done()

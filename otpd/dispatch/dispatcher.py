@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Protocol, Self
 
@@ -70,6 +70,13 @@ class SuppressionCheck(Protocol):
 
     async def is_suppressed(self, address: str) -> Suppression | None:
         """The suppression of ``address``, or None; raises UnavailableError only."""
+
+
+class FailureHook(Protocol):
+    """Told of every task that ends ``failed`` (a code's channel fallback)."""
+
+    async def task_failed(self, record: TaskRecord) -> None:
+        """React to ``record`` having failed for good; never raises."""
 
 
 class AuditSink(Protocol):
@@ -139,6 +146,7 @@ class Dispatcher:
         self.audit = audit
         self.reports = reports
         self.suppressions = suppressions
+        self.failures: FailureHook | None = None
         self._linking = _InFlight()
         self._workers: list[asyncio.Task[None]] = []
         self._interrupted: list[Job] = []
@@ -252,6 +260,7 @@ class Dispatcher:
             created_at=now,
             updated_at=now,
             last_error=error,
+            otp_id=message.otp_id,
         )
 
     async def enqueue(self, message: Message, *, task_id: str | None = None) -> TaskRecord:
@@ -510,6 +519,8 @@ class Dispatcher:
         )
         if self.audit is not None:
             await _audit_final(self.audit, job, status, error)
+        if status is TaskStatus.FAILED and self.failures is not None and job.record.otp_id:
+            await self.failures.task_failed(replace(job.record))
 
 
 async def _audit_final(audit: AuditSink, job: Job, status: TaskStatus, error: str) -> None:

@@ -54,6 +54,15 @@ class Suppressor(Protocol):
         """Suppress ``address``; ValidationError when it is not an address."""
 
 
+class FailedTaskHook(Protocol):
+    """Told of a task a report marked ``undelivered`` or ``bounced`` (channel fallback)."""
+
+    async def task_failed(self, record: TaskRecord) -> None: ...
+
+
+_FAILED = frozenset({TaskStatus.UNDELIVERED, TaskStatus.BOUNCED})
+
+
 class DeliveryReports:
     """Links provider messages to tasks and applies the providers' reports to them
     (the :class:`~otpd.webhooks.events.EventSink` of the webhook routes)."""
@@ -76,6 +85,7 @@ class DeliveryReports:
         self.audit = audit
         self.ttl = ttl
         self.suppressions = suppressions
+        self.failures: FailedTaskHook | None = None
 
     def _ref(self, provider: str, message_id: str) -> str:
         return self.hasher.digest("provider-message", provider, message_id)
@@ -143,6 +153,10 @@ class DeliveryReports:
                 provider=event.provider,
                 reason=reason or None,
             )
+            if status in _FAILED and self.failures is not None:
+                record = await self.store.get_task(task_id)
+                if record is not None and record.otp_id:
+                    await self.failures.task_failed(record)
         return outcome
 
     # A parked report holds the recipient (for the suppression list): sealed at rest.

@@ -7,9 +7,20 @@ import dataclasses
 from otpd.config import OtpConfig
 from otpd.config.sections import fixed_code_key
 from otpd.crypto import new_code, new_id
-from otpd.errors import SmsBlockedError, ValidationError
-from otpd.models import Channel, Delivery, Message, OtpChannel, OtpIssued, VerifyResult
+from otpd.dispatch.dispatcher import new_task_id
+from otpd.errors import NotFoundError, SmsBlockedError, UnavailableError, ValidationError
+from otpd.models import (
+    Channel,
+    Delivery,
+    Message,
+    OtpChannel,
+    OtpDelivery,
+    OtpIssued,
+    OtpStatus,
+    VerifyResult,
+)
 from otpd.services.deps import ServiceDeps
+from otpd.services.fallback import ChannelFallback
 from otpd.services.sms_guard import SmsGuard
 from otpd.store import OtpRecord
 from otpd.validation import (
@@ -29,7 +40,14 @@ __all__ = ["OtpService"]
 class OtpService:
     """Codes are random digits from ``secrets``; only their keyed hash is stored."""
 
-    def __init__(self, config: OtpConfig, deps: ServiceDeps, *, sms_guard: SmsGuard) -> None:
+    def __init__(
+        self,
+        config: OtpConfig,
+        deps: ServiceDeps,
+        *,
+        sms_guard: SmsGuard,
+        fallback: ChannelFallback | None = None,
+    ) -> None:
         self.config = config
         self.deps = deps
         self.store = deps.store
@@ -39,6 +57,7 @@ class OtpService:
         self.clock = deps.clock
         self.metrics = deps.metrics
         self.sms_guard = sms_guard
+        self.fallback = fallback
         self._fixed_codes = config.fixed_codes()
 
     def _code_hash(self, user_id: str, purpose: str, code: str) -> str:
@@ -55,8 +74,11 @@ class OtpService:
         locale: str | None = None,
         client_ip: str | None = None,
         user_agent: str | None = None,
+        fallback: OtpChannel | str | None = None,
     ) -> OtpIssued:
-        """Replace any live code of ``(user_id, purpose)`` with a new one and send it."""
+        """Replace any live code of ``(user_id, purpose)`` with a new one and send it;
+        with ``fallback`` (the other channel), send it there too if the first channel
+        fails (:mod:`otpd.services.fallback`)."""
         check_user_id(user_id)
         check_purpose(purpose)
         locale = check_locale(locale)
@@ -66,12 +88,15 @@ class OtpService:
             otp_channel = OtpChannel(channel)
         except ValueError:
             raise ValidationError.field("channel", "must be email, sms or both") from None
+        fallback_channel = self._fallback_channel(otp_channel, fallback)
         channels = otp_channel.channels()
+        if fallback_channel is not None:
+            channels = (*channels, fallback_channel)
         problems: dict[str, str] = {}
         if Channel.EMAIL in channels and not email:
-            problems["email"] = f"required for channel {otp_channel.value}"
+            problems["email"] = f"required for channel {otp_channel.value} and its fallback"
         if Channel.SMS in channels and not phone:
-            problems["phone"] = f"required for channel {otp_channel.value}"
+            problems["phone"] = f"required for channel {otp_channel.value} and its fallback"
         if problems:
             raise ValidationError("an address is missing for the chosen channel", fields=problems)
         fixed = self._fixed_code(
@@ -82,15 +107,17 @@ class OtpService:
                 fixed, user_id, otp_channel, purpose, client_ip, user_agent
             )
         to_email = normalize_email(email) if email and Channel.EMAIL in channels else None
-        target = None
+        target = None  # the SMS the issue script counts: not a fallback SMS (see fallback)
+        to_phone = None
         if phone and Channel.SMS in channels:
-            target = self.sms_guard.target(parse_phone(phone))
+            sms = self.sms_guard.target(parse_phone(phone))
             try:
-                self.sms_guard.check_static(target)
+                self.sms_guard.check_static(sms)
             except SmsBlockedError as exc:
-                await self._sms_blocked(exc, user_id, purpose, target.e164, client_ip, user_agent)
+                await self._sms_blocked(exc, user_id, purpose, sms.e164, client_ip, user_agent)
                 raise
-        to_phone = target.e164 if target is not None else None
+            to_phone = sms.e164
+            target = None if fallback_channel is Channel.SMS else sms
         if self.deps.suppressions is not None:
             recipients = {"email": to_email, "phone": to_phone}
             await self.deps.suppressions.check({f: a for f, a in recipients.items() if a})
@@ -98,6 +125,8 @@ class OtpService:
         code = new_code(self.config.length)
         context = {"code": code, "ttl_minutes": max(1, self.config.ttl_seconds // 60)}
         messages: list[Message] = []
+        # the fallback message goes last: rendered now with the same code, sent only if
+        # the first channel fails (its sending limits are counted then, by the dispatcher)
         if to_email:
             rendered = await self.renderer.render_email("otp_code", context, locale)
             messages.append(
@@ -116,6 +145,11 @@ class OtpService:
             messages.append(
                 Message(Channel.SMS, to_phone, text, tag="otp_code", limits_counted=True)
             )
+        spare = None
+        if fallback_channel is not None:
+            spare = next(m for m in messages if m.channel is fallback_channel)
+            messages.remove(spare)
+            spare = dataclasses.replace(spare, limits_counted=False)
 
         # Every counter goes into the one issue script, all counted or none: the user and
         # IP limits, the per-recipient sending limits and, for SMS, the fraud guard's caps
@@ -124,21 +158,31 @@ class OtpService:
         limits = policy.otp(user_id, client_ip)
         for message in messages:
             limits += policy.sending(message)
-        charge = None
+        charge = sample = None
         if target is not None:
             limits += self.sms_guard.limits(target)
             try:
                 charge = await self.sms_guard.charge_budget(target)
+                # the range's conversion: counted here, taken back if the code is refused
+                sample = await self.sms_guard.count_code(target)
             except SmsBlockedError as exc:
+                if charge is not None:
+                    await self.sms_guard.refund(charge)
                 await self._sms_blocked(exc, user_id, purpose, target.e164, client_ip, user_agent)
                 raise
 
         now = self.clock.time()
         record = self._record(user_id, purpose, code, otp_channel, client_ip, user_agent, now)
+        if spare is not None:
+            record = dataclasses.replace(record, tracked=True)
+        if sample is not None:
+            record = dataclasses.replace(record, range_hash=sample.range_hash)
         refused = await self.store.issue_otp(user_id, record, limits, now)
         if refused is not None:
             if charge is not None:
                 await self.sms_guard.refund(charge)
+            if sample is not None:
+                await self.sms_guard.uncount(sample)
             policy.record_refusal(messages, refused)
             error = policy.error(refused, "otp", "too many codes requested; try again later")
             await self.deps.audit.record(
@@ -163,10 +207,17 @@ class OtpService:
             client_ip=client_ip,
             user_agent=user_agent,
         )
+        first_task_id = None
+        if spare is not None:
+            # the trail first: the first task may fail as soon as it is queued
+            first_task_id = new_task_id()
+            spare = dataclasses.replace(spare, expires_at=record.expires_at, audit=carried)
+            first = Delivery(messages[0].channel, first_task_id)
+            await self._trails().keep(record.otp_id, first, spare, now)
         for message in messages:
             # not sent once the code it carries has expired
             message = dataclasses.replace(message, expires_at=record.expires_at, audit=carried)
-            task = await self.dispatcher.enqueue(message)
+            task = await self.dispatcher.enqueue(message, task_id=first_task_id)
             deliveries.append(Delivery(message.channel, task.task_id))
         self.metrics.otp_issued.labels(otp_channel.value).inc()
         await audit.record(
@@ -181,6 +232,57 @@ class OtpService:
             task_id=[d.task_id for d in deliveries],
         )
         return OtpIssued(record.otp_id, record.expires_at, tuple(deliveries))
+
+    def _fallback_channel(
+        self, channel: OtpChannel, fallback: OtpChannel | str | None
+    ) -> Channel | None:
+        """The channel a code goes to when its first one fails, or None."""
+        if fallback is None:
+            return None
+        try:
+            chosen = Channel(fallback)
+        except ValueError:
+            raise ValidationError.field("fallback", "must be email or sms") from None
+        if channel is OtpChannel.BOTH or chosen.value == channel.value:
+            raise ValidationError.field(
+                "fallback", "must be the other channel of a code sent by email or by sms"
+            )
+        return chosen
+
+    def _trails(self) -> ChannelFallback:
+        if self.fallback is None:
+            raise UnavailableError("channel fallback is not set up in this daemon")
+        return self.fallback
+
+    async def status(self, otp_id: str) -> OtpStatus:
+        """Where a code issued with a fallback went, and whether it was verified."""
+        if not (otp_id.startswith("otp_") and len(otp_id) <= 64 and otp_id.isascii()):
+            raise NotFoundError("no such code (only codes issued with a fallback are kept)")
+        trail = await self._trails().trail(otp_id)
+        if trail is None:
+            raise NotFoundError("no such code (only codes issued with a fallback are kept)")
+        tasks = [await self.store.get_task(d.task_id) for d in trail.deliveries]
+        now = self.clock.time()
+        if trail.verified_at:
+            state = "verified"
+        elif now >= trail.expires_at:
+            state = "expired"
+        else:
+            state = "pending"
+        return OtpStatus(
+            otp_id=otp_id,
+            status=state,
+            expires_at=trail.expires_at,
+            deliveries=tuple(
+                OtpDelivery(
+                    Channel(d.channel),
+                    d.task_id,
+                    task.status.value if task is not None else "unknown",
+                    d.fallback,
+                )
+                for d, task in zip(trail.deliveries, tasks, strict=True)
+            ),
+        )
 
     def _record(
         self,
@@ -266,6 +368,10 @@ class OtpService:
             user_id, purpose, self._code_hash(user_id, purpose, code), self.clock.time()
         )
         result = outcome.result
+        if result.verified and outcome.range_hash:
+            await self.sms_guard.credit(outcome.range_hash, outcome.created_at)
+        if result.verified and outcome.tracked and self.fallback is not None:
+            await self.fallback.verified(outcome.otp_id)
         label = "verified" if result.verified else str(result.reason)
         self.metrics.otp_verified.labels(label).inc()
         await self.deps.audit.record(

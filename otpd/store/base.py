@@ -16,6 +16,7 @@ from typing import Protocol, Self
 
 from otpd.models import TaskRecord, VerifyResult
 from otpd.store.reports import ReportOutcome, TaskReport
+from otpd.store.trails import OtpTrail, TrailDelivery
 
 __all__ = [
     "AUDIT_GLOBAL_CAP",
@@ -28,9 +29,11 @@ __all__ = [
     "BucketKind",
     "Claim",
     "ClaimState",
+    "ConversionRule",
     "Limit",
     "LimitExceeded",
     "OtpRecord",
+    "SmsBlock",
     "Store",
     "Suppression",
     "TokenCheck",
@@ -124,6 +127,9 @@ class OtpRecord:
     max_attempts: int
     client_ip: str = ""
     user_agent: str = ""
+    range_hash: str = ""
+    """SMS codes: the keyed hash of the number range, to credit a verification to it."""
+    tracked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +146,47 @@ class Suppression:
 
 @dataclass(frozen=True, slots=True)
 class VerifyOutcome:
+    """What a verification found; the record's fields are set whenever a record was found."""
+
     result: VerifyResult
     otp_id: str = ""
     channel: str = ""
+    range_hash: str = ""
+    created_at: float = 0.0
+    tracked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ConversionRule:
+    """When a number range is blocked for low conversion: at least ``min_samples`` SMS
+    codes sent in ``window`` seconds, fewer than ``min_conversion`` of them verified; the
+    block lasts ``block_seconds``."""
+
+    window: int
+    min_samples: int
+    min_conversion: float
+    block_seconds: int
+
+    @property
+    def bucket(self) -> int:
+        """Samples are counted per bucket of this many seconds (a window holds ~60)."""
+        return max(1, self.window // 60)
+
+
+@dataclass(frozen=True, slots=True)
+class SmsBlock:
+    """A number range refused SMS until ``expires_at``: its prefix sealed with the keyring
+    (never in clear), why, since when, and the samples that decided it. ``fresh``: the
+    call that returned it set it."""
+
+    range_hash: str
+    sealed_prefix: str
+    reason: str
+    blocked_at: float
+    expires_at: float
+    sent: int
+    verified: int
+    fresh: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,6 +394,29 @@ class Store(Protocol):
         """The suppression of each of ``address_hashes`` (None where there is none), in
         order, in one round trip."""
 
+    async def sms_sent(
+        self, range_hash: str, sealed_prefix: str, rule: ConversionRule, now: float
+    ) -> SmsBlock | None:
+        """Count one SMS code sent to the range ``range_hash``, unless it is blocked: then
+        return the block and count nothing. A range whose window already holds
+        ``rule.min_samples`` codes, fewer than ``rule.min_conversion`` of them verified,
+        is blocked by this call (``fresh``), with ``sealed_prefix`` to list it by."""
+
+    async def sms_unsent(self, range_hash: str, rule: ConversionRule, now: float) -> None:
+        """Take back a code :meth:`sms_sent` counted at ``now`` that was not sent after all."""
+
+    async def sms_verified(
+        self, range_hash: str, issued_at: float, rule: ConversionRule, now: float
+    ) -> None:
+        """Credit the range with a verified code issued at ``issued_at`` (ignored once that
+        has left the window)."""
+
+    async def sms_blocks(self, now: float) -> list[SmsBlock]:
+        """Every live block, the soonest to expire first."""
+
+    async def sms_unblock(self, range_hash: str, now: float) -> bool:
+        """Lift the block of ``range_hash`` and forget its samples; whether one was live."""
+
     async def claim(self, scope: str, ref: str, fingerprint: str, ttl: int) -> Claim:
         """Claim ``(scope, ref)`` for ``ttl`` seconds for a request whose payload hashes to
         ``fingerprint``, unless it is claimed or settled already: atomically, so of many
@@ -376,6 +443,23 @@ class Store(Protocol):
 
     async def report_task(self, task_id: str, report: TaskReport) -> ReportOutcome:
         """Apply a provider's report to a task record; see :class:`TaskReport`."""
+
+    async def put_trail(self, trail: OtpTrail, sealed_fallback: str, ttl: int) -> None:
+        """Keep the trail of a code issued with a fallback, and its fallback message
+        (``sealed_fallback``), for ``ttl`` seconds; see :mod:`otpd.store.trails`."""
+
+    async def get_trail(self, otp_id: str) -> OtpTrail | None: ...
+
+    async def take_fallback(
+        self, otp_id: str, failed_task_id: str, delivery: TrailDelivery, now: float
+    ) -> str | None:
+        """Hand out the sealed fallback message, once: when ``failed_task_id`` is the
+        trail's first delivery, the fallback was not taken, the code was not verified and
+        ``now`` is before both ``fallback_until`` and ``expires_at``. Records ``delivery``
+        (the fallback's task) on the trail in the same step; None otherwise."""
+
+    async def trail_verified(self, otp_id: str, now: float) -> None:
+        """Record that the code was verified (no fallback is sent after that)."""
 
     async def append_audit(
         self, record: dict[str, str], user_id: str | None, retention_ms: int, now: float

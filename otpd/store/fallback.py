@@ -36,9 +36,11 @@ from otpd.store.base import (
     AuditPage,
     Claim,
     ClaimState,
+    ConversionRule,
     Limit,
     LimitExceeded,
     OtpRecord,
+    SmsBlock,
     Store,
     Suppression,
     TokenOutcome,
@@ -50,6 +52,7 @@ from otpd.store.base import (
 )
 from otpd.store.memory import MemoryStore
 from otpd.store.reports import ReportOutcome, TaskReport
+from otpd.store.trails import OtpTrail, TrailDelivery
 
 __all__ = ["FallbackStore"]
 
@@ -354,6 +357,37 @@ class FallbackStore:
             lambda: self.local.suppressions(address_hashes),
         )
 
+    # SMS conversion is counted, and ranges blocked, across every instance: in the primary
+    # only. While degraded nothing is counted or refused for it (the SMS guard goes on
+    # without), as a local count would block ranges for one instance only.
+
+    async def sms_sent(
+        self, range_hash: str, sealed_prefix: str, rule: ConversionRule, now: float
+    ) -> SmsBlock | None:
+        return await self._primary_only(
+            "sms_sent", lambda: self.primary.sms_sent(range_hash, sealed_prefix, rule, now)
+        )
+
+    async def sms_unsent(self, range_hash: str, rule: ConversionRule, now: float) -> None:
+        await self._primary_only(
+            "sms_unsent", lambda: self.primary.sms_unsent(range_hash, rule, now)
+        )
+
+    async def sms_verified(
+        self, range_hash: str, issued_at: float, rule: ConversionRule, now: float
+    ) -> None:
+        await self._primary_only(
+            "sms_verified", lambda: self.primary.sms_verified(range_hash, issued_at, rule, now)
+        )
+
+    async def sms_blocks(self, now: float) -> list[SmsBlock]:
+        return await self._primary_only("sms_blocks", lambda: self.primary.sms_blocks(now))
+
+    async def sms_unblock(self, range_hash: str, now: float) -> bool:
+        return await self._primary_only(
+            "sms_unblock", lambda: self.primary.sms_unblock(range_hash, now)
+        )
+
     # Provider reports are linked and looked up in the primary only: a task delivered
     # from the local store while degraded gets no reports.
 
@@ -371,6 +405,28 @@ class FallbackStore:
         return await self._primary_only(
             "report_task", lambda: self.primary.report_task(task_id, report)
         )
+
+    # A trail is written and read in the primary only: while degraded a code is issued
+    # without one (its fallback cannot be sent) rather than refused.
+
+    async def put_trail(self, trail: OtpTrail, sealed_fallback: str, ttl: int) -> None:
+        await self._primary_only(
+            "put_trail", lambda: self.primary.put_trail(trail, sealed_fallback, ttl)
+        )
+
+    async def get_trail(self, otp_id: str) -> OtpTrail | None:
+        return await self._primary_only("get_trail", lambda: self.primary.get_trail(otp_id))
+
+    async def take_fallback(
+        self, otp_id: str, failed_task_id: str, delivery: TrailDelivery, now: float
+    ) -> str | None:
+        return await self._primary_only(
+            "take_fallback",
+            lambda: self.primary.take_fallback(otp_id, failed_task_id, delivery, now),
+        )
+
+    async def trail_verified(self, otp_id: str, now: float) -> None:
+        await self._primary_only("trail_verified", lambda: self.primary.trail_verified(otp_id, now))
 
     async def claim(self, scope: str, ref: str, fingerprint: str, ttl: int) -> Claim:
         key = ("claim", scope, ref)

@@ -60,9 +60,29 @@ class KeyLayout:
         id), and the reports that arrived before the link."""
         return f"{self.prefix}pm:{{m:{ref}}}"
 
+    def trail(self, otp_id: str) -> str:
+        """Where a code issued with a fallback went (:mod:`otpd.store.trails`)."""
+        return f"{self.prefix}otpt:{{o:{otp_id}}}"
+
     def suppression(self, address_hash: str) -> str:
         """A suppressed recipient (``address_hash``: a keyed hash of its address)."""
         return f"{self.prefix}supp:{{s:{address_hash}}}"
+
+    # SMS conversion: every key shares one hash tag, so that counting a range, blocking it
+    # and indexing the block is one atomic script. One slot carries little: at most one
+    # call per SMS code, which the SMS caps bound.
+
+    def sms_samples(self, range_hash: str) -> str:
+        """SMS codes sent to and verified by a number range, per time bucket."""
+        return f"{self.prefix}conv:{{sms}}:{range_hash}"
+
+    def sms_block(self, range_hash: str) -> str:
+        """A blocked number range (its prefix sealed), until the block expires."""
+        return f"{self.prefix}smsblk:{{sms}}:{range_hash}"
+
+    def sms_blocks(self) -> str:
+        """The blocked ranges, scored by when their block expires."""
+        return f"{self.prefix}smsblk:{{sms}}:index"
 
     def counter(self, name: str) -> str:
         return f"{self.prefix}ctr:{{c:{name}}}"

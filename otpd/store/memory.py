@@ -28,9 +28,11 @@ from otpd.store.base import (
     AuditEntry,
     AuditPage,
     Claim,
+    ConversionRule,
     Limit,
     LimitExceeded,
     OtpRecord,
+    SmsBlock,
     Suppression,
     TokenCheck,
     TokenOutcome,
@@ -45,6 +47,7 @@ from otpd.store.base import (
 )
 from otpd.store.keys import KeyLayout
 from otpd.store.reports import PARKED_MAX, ReportOutcome, TaskReport
+from otpd.store.trails import OtpTrail, TrailDelivery
 from otpd.store.windows import Window, ms
 
 __all__ = ["MemoryStore"]
@@ -80,11 +83,18 @@ class _Code(NamedTuple):
     max_attempts: int
     client_ip: str
     user_agent: str
+    range_hash: str
+    tracked: bool
     attempts: int = 0
 
     @classmethod
     def of(cls, record: OtpRecord) -> _Code:
         return cls(*[getattr(record, name) for name in _OTP_FIELDS])
+
+
+class _Samples(dict[str, int]):
+    """A number range's SMS codes sent (``s:<bucket>``) and verified (``v:<bucket>``), as
+    the Redis hash holds them."""
 
 
 class _Totp(NamedTuple):
@@ -101,8 +111,14 @@ class _Link(NamedTuple):
     parked: tuple[tuple[str, str], ...] = ()
 
 
+class _Trail(NamedTuple):
+    trail: OtpTrail
+    sealed: str  # the fallback message until it is taken, then ""
+
+
 _Value = (
     _Code
+    | _Trail
     | TokenRecord
     | TaskRecord
     | Window
@@ -112,6 +128,8 @@ _Value = (
     | _Link
     | frozenset[str]
     | Suppression
+    | SmsBlock
+    | _Samples
 )
 
 
@@ -134,6 +152,8 @@ class MemoryStore:
         self._audit_of: dict[str | None, deque[_Audited]] = {}
         self._audit_last = (0, 0)
         self._closed = False
+        # the blocked number ranges and when their blocks end (the Redis sorted set)
+        self._sms_blocked: dict[str, float] = {}
 
     async def __aenter__(self) -> Self:
         return self
@@ -150,6 +170,7 @@ class MemoryStore:
         self._closed = True
         for held in (self._data, self._expires, self._queued, self._audit_of):
             held.clear()
+        self._sms_blocked.clear()
         self._deadlines.clear()
         self._audit.clear()
 
@@ -317,7 +338,9 @@ class MemoryStore:
                 self._data[key] = code._replace(attempts=attempts)
                 left = code.max_attempts - attempts
                 result = VerifyResult(False, VerifyReason.INVALID_CODE, left)
-            outcome = VerifyOutcome(result, code.otp_id, code.channel)
+            outcome = VerifyOutcome(
+                result, code.otp_id, code.channel, code.range_hash, code.created_at, code.tracked
+            )
         self._done(now)
         return outcome
 
@@ -409,6 +432,93 @@ class MemoryStore:
         self._done()
         return found
 
+    # ------------------------------------------------------------------ SMS conversion
+
+    async def sms_sent(
+        self, range_hash: str, sealed_prefix: str, rule: ConversionRule, now: float
+    ) -> SmsBlock | None:
+        block_key = self._keys.sms_block(range_hash)
+        block = self._get(block_key, SmsBlock, now)
+        if block is not None and block.expires_at > now:
+            self._done(now)
+            return block
+        self._forget(block_key)
+        self._sms_blocked.pop(range_hash, None)
+        key = self._keys.sms_samples(range_hash)
+        samples = self._get(key, _Samples, now) or _Samples()
+        current = math.floor(now / rule.bucket)
+        oldest = current - math.ceil(rule.window / rule.bucket) + 1
+        sent = verified = 0
+        for field, n in list(samples.items()):
+            kind, _, at = field.partition(":")
+            if int(at) < oldest:
+                del samples[field]
+            elif kind == "s":
+                sent += n
+            else:
+                verified += n
+        low = verified < rule.min_conversion * sent
+        if rule.min_samples > 0 and sent >= rule.min_samples and low:
+            self._forget(key)
+            block = SmsBlock(
+                range_hash,
+                sealed_prefix,
+                "low_conversion",
+                now,
+                now + rule.block_seconds,
+                sent,
+                verified,
+            )
+            self._set(block_key, block, block.expires_at)
+            self._sms_blocked[range_hash] = block.expires_at
+            self._done(now)
+            return dataclasses.replace(block, fresh=True)
+        field = f"s:{current}"
+        samples[field] = samples.get(field, 0) + 1
+        self._set(key, samples, now + rule.window + rule.bucket)
+        self._done(now)
+        return None
+
+    def _credit(self, range_hash: str, field: str, delta: int, now: float) -> None:
+        samples = self._get(self._keys.sms_samples(range_hash), _Samples, now)
+        if samples is not None:
+            n = samples.get(field, 0) + delta
+            if n > 0:
+                samples[field] = n
+            else:
+                samples.pop(field, None)
+        self._done(now)
+
+    async def sms_unsent(self, range_hash: str, rule: ConversionRule, now: float) -> None:
+        self._credit(range_hash, f"s:{math.floor(now / rule.bucket)}", -1, now)
+
+    async def sms_verified(
+        self, range_hash: str, issued_at: float, rule: ConversionRule, now: float
+    ) -> None:
+        at = math.floor(issued_at / rule.bucket)
+        if at > math.floor(now / rule.bucket) - math.ceil(rule.window / rule.bucket):
+            self._credit(range_hash, f"v:{at}", 1, now)
+
+    async def sms_blocks(self, now: float) -> list[SmsBlock]:
+        found: list[SmsBlock] = []
+        for range_hash, expires_at in sorted(self._sms_blocked.items(), key=lambda i: i[1]):
+            block = self._get(self._keys.sms_block(range_hash), SmsBlock, now)
+            if block is None or expires_at <= now:
+                del self._sms_blocked[range_hash]
+            else:
+                found.append(block)
+        self._done(now)
+        return found
+
+    async def sms_unblock(self, range_hash: str, now: float) -> bool:
+        key = self._keys.sms_block(range_hash)
+        block = self._get(key, SmsBlock, now)
+        self._forget(key)
+        self._forget(self._keys.sms_samples(range_hash))
+        self._sms_blocked.pop(range_hash, None)
+        self._done(now)
+        return block is not None and block.expires_at > now
+
     # ------------------------------------------------------------------ claims
 
     async def claim(self, scope: str, ref: str, fingerprint: str, ttl: int) -> Claim:
@@ -473,6 +583,49 @@ class MemoryStore:
             self._set(seen_key, seen | {report.event_ref}, self._expires[key])
         self._done()
         return outcome
+
+    # ------------------------------------------------------------------ OTP trails
+
+    async def put_trail(self, trail: OtpTrail, sealed_fallback: str, ttl: int) -> None:
+        self._set(
+            self._keys.trail(trail.otp_id), _Trail(trail, sealed_fallback), self._clock.time() + ttl
+        )
+        self._done()
+
+    async def get_trail(self, otp_id: str) -> OtpTrail | None:
+        found = self._get(self._keys.trail(otp_id), _Trail)
+        self._done()
+        return None if found is None else found.trail
+
+    async def take_fallback(
+        self, otp_id: str, failed_task_id: str, delivery: TrailDelivery, now: float
+    ) -> str | None:
+        key = self._keys.trail(otp_id)
+        found = self._get(key, _Trail)
+        self._done()
+        if found is None or not found.sealed:
+            return None
+        trail = found.trail
+        first = trail.deliveries[0].task_id if trail.deliveries else ""
+        if (
+            first != failed_task_id
+            or trail.verified_at
+            or now >= trail.fallback_until
+            or now >= trail.expires_at
+        ):
+            return None
+        taken = dataclasses.replace(
+            trail, deliveries=(*trail.deliveries, delivery), fell_back_at=now
+        )
+        self._data[key] = _Trail(taken, "")
+        return found.sealed
+
+    async def trail_verified(self, otp_id: str, now: float) -> None:
+        key = self._keys.trail(otp_id)
+        found = self._get(key, _Trail)
+        if found is not None and not found.trail.verified_at:
+            self._data[key] = _Trail(dataclasses.replace(found.trail, verified_at=now), "")
+        self._done()
 
     # ------------------------------------------------------------------ audit
 

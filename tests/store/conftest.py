@@ -28,9 +28,10 @@ from otpd.store import (
     create_store,
     register_backend,
 )
-from otpd.store.base import Suppression, TotpOutcome, TotpRecord
+from otpd.store.base import ConversionRule, SmsBlock, Suppression, TotpOutcome, TotpRecord
 from otpd.store.memory import MemoryStore
 from otpd.store.reports import ReportOutcome, TaskReport
+from otpd.store.trails import OtpTrail, TrailDelivery
 
 
 class WrappedStore:
@@ -120,6 +121,30 @@ class WrappedStore:
         self.calls += 1
         return await self.inner.suppressions(address_hashes)
 
+    async def sms_sent(
+        self, range_hash: str, sealed_prefix: str, rule: ConversionRule, now: float
+    ) -> SmsBlock | None:
+        self.calls += 1
+        return await self.inner.sms_sent(range_hash, sealed_prefix, rule, now)
+
+    async def sms_unsent(self, range_hash: str, rule: ConversionRule, now: float) -> None:
+        self.calls += 1
+        await self.inner.sms_unsent(range_hash, rule, now)
+
+    async def sms_verified(
+        self, range_hash: str, issued_at: float, rule: ConversionRule, now: float
+    ) -> None:
+        self.calls += 1
+        await self.inner.sms_verified(range_hash, issued_at, rule, now)
+
+    async def sms_blocks(self, now: float) -> list[SmsBlock]:
+        self.calls += 1
+        return await self.inner.sms_blocks(now)
+
+    async def sms_unblock(self, range_hash: str, now: float) -> bool:
+        self.calls += 1
+        return await self.inner.sms_unblock(range_hash, now)
+
     async def claim(self, scope: str, ref: str, fingerprint: str, ttl: int) -> Claim:
         self.calls += 1
         return await self.inner.claim(scope, ref, fingerprint, ttl)
@@ -205,6 +230,24 @@ class WrappedStore:
     async def report_task(self, task_id: str, report: TaskReport) -> ReportOutcome:
         self.calls += 1
         return await self.inner.report_task(task_id, report)
+
+    async def put_trail(self, trail: OtpTrail, sealed_fallback: str, ttl: int) -> None:
+        self.calls += 1
+        await self.inner.put_trail(trail, sealed_fallback, ttl)
+
+    async def get_trail(self, otp_id: str) -> OtpTrail | None:
+        self.calls += 1
+        return await self.inner.get_trail(otp_id)
+
+    async def take_fallback(
+        self, otp_id: str, failed_task_id: str, delivery: TrailDelivery, now: float
+    ) -> str | None:
+        self.calls += 1
+        return await self.inner.take_fallback(otp_id, failed_task_id, delivery, now)
+
+    async def trail_verified(self, otp_id: str, now: float) -> None:
+        self.calls += 1
+        await self.inner.trail_verified(otp_id, now)
 
 
 def _wrapped(config: StoreConfig, deps: StoreDeps) -> Store:

@@ -90,6 +90,10 @@ def _enum(values: type[Any]) -> list[str]:
 # other value of these fields.
 FIELD_HINTS: dict[tuple[type[Any], str], dict[str, Any]] = {
     (IssueOtpBody, "channel"): {"enum": _enum(OtpChannel)},
+    (IssueOtpBody, "fallback"): {
+        "enum": [*_enum(Channel), None],
+        "description": "the other channel: the code goes there if the first one fails",
+    },
     (SendMessageBody, "channel"): {"enum": _enum(Channel)},
 }
 
@@ -175,6 +179,23 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
             "items": _object(channel={"enum": _enum(Channel)}, task_id=STRING),
         },
     ),
+    "OtpStatus": _object(
+        otp_id=STRING,
+        status={"enum": ["pending", "verified", "expired"]},
+        expires_at=TIME,
+        deliveries={
+            "type": "array",
+            "items": _object(
+                channel={"enum": _enum(Channel)},
+                task_id=STRING,
+                status={
+                    "enum": [*_enum(TaskStatus), "unknown"],
+                    "description": "the task's status (unknown: its record expired)",
+                },
+                fallback={"type": "boolean", "description": "sent after the first failed"},
+            ),
+        },
+    ),
     "VerifyResult": _object(
         ("verified",),
         verified={"type": "boolean"},
@@ -187,6 +208,22 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
         suppressed={"type": "boolean"},
         reason=NULLABLE,
         since={"type": ["string", "null"], "format": "date-time"},
+    ),
+    "SmsBlocks": _object(
+        blocks={
+            "type": "array",
+            "items": _object(
+                prefix={
+                    "type": ["string", "null"],
+                    "description": "+ and sms.prefix_digits digits (null: its key is gone)",
+                },
+                reason={"enum": ["low_conversion"]},
+                blocked_at=TIME,
+                expires_at=TIME,
+                sent=INT,
+                verified=INT,
+            ),
+        }
     ),
     "Task": _object(
         task_id=STRING,
@@ -344,6 +381,13 @@ TASK_ID = {
     "schema": {"type": "string"},
     "example": "tsk_01HZX3V8Q6G7T2M4N5P6R7S8T9",
 }
+OTP_ID = {
+    "name": "otp_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "example": "otp_01HZX3V8Q6G7T2M4N5P6R7S8T9",
+}
 TASK_LINK = {"operationId": "getTask", "parameters": {"task_id": "$response.body#/task_id"}}
 AUDIT_LINK = {
     "operationId": "listAuditEvents",
@@ -394,6 +438,11 @@ OPERATIONS: tuple[Operation, ...] = (
                         "operationId": "getTask",
                         "parameters": {"task_id": "$response.body#/deliveries/0/task_id"},
                     },
+                    "getOtp": {
+                        "operationId": "getOtp",
+                        "description": "for a code issued with a fallback",
+                        "parameters": {"otp_id": "$response.body#/otp_id"},
+                    },
                     "audit": AUDIT_LINK,
                 },
             )
@@ -401,6 +450,46 @@ OPERATIONS: tuple[Operation, ...] = (
         (RateLimitedError, SmsBlockedError, RecipientSuppressedError),
         IssueOtpBody,
         {"user_id": "42", "channel": "email", "email": "ada@example.com"},
+    ),
+    Operation(
+        "GET",
+        "/v1/otp/{otp_id}",
+        "getOtp",
+        "Where a code issued with a fallback went, and whether it was verified",
+        "otp",
+        {
+            200: Answer(
+                "the code's deliveries: the first channel's, then the fallback's if sent",
+                _ref("OtpStatus"),
+                {
+                    "otp_id": "otp_01HZX3V8Q6G7T2M4N5P6R7S8T9",
+                    "status": "verified",
+                    "expires_at": "2026-12-02T06:00:00Z",
+                    "deliveries": [
+                        {
+                            "channel": "sms",
+                            "task_id": "tsk_01HZX3V8Q6G7T2M4N5P6R7S8T9",
+                            "status": "failed",
+                            "fallback": False,
+                        },
+                        {
+                            "channel": "email",
+                            "task_id": "tsk_01HZX3V8Q6G7T2M4N5P6R7S8TA",
+                            "status": "delivered",
+                            "fallback": True,
+                        },
+                    ],
+                },
+                links={
+                    "getDelivery": {
+                        "operationId": "getTask",
+                        "parameters": {"task_id": "$response.body#/deliveries/0/task_id"},
+                    }
+                },
+            )
+        },
+        (NotFoundError,),
+        parameters=(OTP_ID,),
     ),
     Operation(
         "POST",
@@ -797,6 +886,51 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "GET",
+        "/v1/sms/blocks",
+        "listSmsBlocks",
+        "The number ranges blocked for low conversion, the soonest to expire first",
+        "sms",
+        {
+            200: Answer(
+                "every live block",
+                _ref("SmsBlocks"),
+                {
+                    "blocks": [
+                        {
+                            "prefix": "+33612345",
+                            "reason": "low_conversion",
+                            "blocked_at": "2026-12-02T05:50:00Z",
+                            "expires_at": "2026-12-02T17:50:00Z",
+                            "sent": 20,
+                            "verified": 1,
+                        }
+                    ]
+                },
+            )
+        },
+        (ValidationError,),
+    ),
+    Operation(
+        "DELETE",
+        "/v1/sms/blocks/{prefix}",
+        "liftSmsBlock",
+        "Lift the block of a number range and forget its samples",
+        "sms",
+        {204: Answer("lifted")},
+        (ValidationError, NotFoundError),
+        parameters=(
+            {
+                "name": "prefix",
+                "in": "path",
+                "required": True,
+                "schema": STRING,
+                "example": "+33612345",
+                "description": "+ and exactly sms.prefix_digits digits",
+            },
+        ),
+    ),
+    Operation(
+        "GET",
         "/v1/audit",
         "listAuditEvents",
         "The audit trail, newest first (without user_id: the events that name no user)",
@@ -947,6 +1081,28 @@ OPERATIONS: tuple[Operation, ...] = (
         "/webhooks/sendgrid",
         "sendgrid_webhook",
         "SendGrid Event Webhook (ECDSA P-256 signature over timestamp and body)",
+        "webhooks",
+        {200: Answer("verified and applied", _object(accepted=INT), {"accepted": 1})},
+        (WebhookRefusedError, (ValidationError.status, ValidationError.code)),
+        public=True,
+    ),
+    Operation(
+        "POST",
+        "/webhooks/vonage",
+        "vonage_webhook",
+        "Vonage SMS API delivery receipt, form or JSON (signed sig; a signature is accepted once)",
+        "webhooks",
+        {200: Answer("verified and applied", _object(accepted=INT), {"accepted": 1})},
+        (WebhookRefusedError, (ValidationError.status, ValidationError.code)),
+        form={"type": "object", "additionalProperties": STRING},
+        public=True,
+    ),
+    Operation(
+        "POST",
+        "/webhooks/ses",
+        "ses_webhook",
+        "SES events over an SNS HTTPS subscription (SNS signature v1/v2, listed topics only; "
+        "a SubscriptionConfirmation is confirmed)",
         "webhooks",
         {200: Answer("verified and applied", _object(accepted=INT), {"accepted": 1})},
         (WebhookRefusedError, (ValidationError.status, ValidationError.code)),

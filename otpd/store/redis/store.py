@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from types import TracebackType
@@ -32,9 +33,11 @@ from otpd.store.base import (
     AuditEntry,
     AuditPage,
     Claim,
+    ConversionRule,
     Limit,
     LimitExceeded,
     OtpRecord,
+    SmsBlock,
     Suppression,
     TokenCheck,
     TokenOutcome,
@@ -55,6 +58,7 @@ from otpd.store.redis.errors import (
     masked_url,
 )
 from otpd.store.reports import PARKED_MAX, ReportOutcome, TaskReport
+from otpd.store.trails import OtpTrail, TrailDelivery, dump_deliveries, load_deliveries
 
 __all__ = ["RedisStore", "load_script", "parse_task", "task_fields"]
 
@@ -86,6 +90,14 @@ _SCRIPTS = (
     # the suppression list (otpd.services.suppressions)
     "suppress",
     "unsuppress",
+    # SMS conversion per number range (otpd.services.sms_guard)
+    "sms_sent",
+    "sms_credit",
+    "sms_unblock",
+    # the trails of codes issued with a fallback (otpd.services.fallback)
+    "trail_put",
+    "trail_take",
+    "trail_verified",
     "audit_append",
     # TOTP (otpd.services.totp)
     "totp_begin",
@@ -95,6 +107,9 @@ _SCRIPTS = (
     "totp_delete",
 )
 
+# The most blocked number ranges GET /v1/sms/blocks lists (the soonest to expire first).
+_BLOCKS_MAX = 1000
+
 # An audit query with an event filter reads the stream in batches, at most this many
 # entries per call; past that it answers what it found and a cursor to go on from.
 _AUDIT_BATCH = 500
@@ -102,7 +117,16 @@ _AUDIT_SCAN_MAX = 10_000
 
 # The fields of multi-value script replies, named once here (the scripts say the same).
 _LIMITS_REPLY = ("allowed", "index", "retry_ms")  # limits.lua, put_limited, hit_limits
-_VERIFY_REPLY = ("reason", "attempts_left", "otp_id", "channel")  # verify_otp.lua
+_VERIFY_REPLY = (  # verify_otp.lua
+    "reason",
+    "attempts_left",
+    "otp_id",
+    "channel",
+    "range_hash",
+    "created_at",
+    "tracked",
+)
+_BLOCK_FIELDS = ("reason", "blocked_at", "expires_at", "sent", "verified", "prefix")
 
 
 def _reply(names: tuple[str, ...], values: Sequence[Any]) -> dict[str, Any]:
@@ -147,6 +171,7 @@ def task_fields(record: TaskRecord) -> dict[str, Any]:
         "channel": record.channel.value,
         "tag": record.tag,
         "created_at": record.created_at,
+        "otp_id": record.otp_id,
         **task_mutable(record),
     }
 
@@ -168,6 +193,7 @@ def parse_task(raw: Mapping[str, str]) -> TaskRecord | None:
         provider_message_id=raw.get("provider_message_id", ""),
         delivered_at=float(raw.get("delivered_at") or 0),
         reason=raw.get("reason", ""),
+        otp_id=raw.get("otp_id", ""),
     )
 
 
@@ -179,6 +205,21 @@ def _parse_suppression(raw: Mapping[str, str]) -> Suppression | None:
         reason=raw["reason"],
         source=raw.get("source", ""),
         since=float(raw.get("since") or 0),
+    )
+
+
+def _parse_trail(otp_id: str, raw: Mapping[str, str]) -> OtpTrail | None:
+    if not raw or "deliveries" not in raw:
+        return None
+    return OtpTrail(
+        otp_id=otp_id,
+        created_at=float(raw["created_at"]),
+        expires_at=float(raw["expires_at"]),
+        fallback_channel=raw["fallback_channel"],
+        fallback_until=float(raw["fallback_until"]),
+        deliveries=load_deliveries(raw["deliveries"]),
+        verified_at=float(raw.get("verified_at") or 0),
+        fell_back_at=float(raw.get("fell_back_at") or 0),
     )
 
 
@@ -463,7 +504,7 @@ class RedisStore:
     async def issue_otp(
         self, user_id: str, record: OtpRecord, limits: Sequence[Limit], now: float
     ) -> LimitExceeded | None:
-        fields = {**dataclasses.asdict(record), "attempts": 0}
+        fields = {**dataclasses.asdict(record), "tracked": int(record.tracked), "attempts": 0}
         key = self.layout.otp(user_id, record.purpose)
         return await self._put_limited(key, fields, record.otp_id, record.expires_at, limits, now)
 
@@ -576,7 +617,13 @@ class RedisStore:
         # expires_at is stored in seconds; compare in the same unit
         key = self.layout.otp(user_id, purpose)
         reply = _reply(_VERIFY_REPLY, await self.script("verify_otp", [key], [code_hash, now]))
-        ids = (reply["otp_id"], reply["channel"])
+        ids = (
+            reply["otp_id"],
+            reply["channel"],
+            reply.get("range_hash") or "",
+            float(reply.get("created_at") or 0),
+            reply.get("tracked") == "1",
+        )
         if reply["reason"] == "ok":
             return VerifyOutcome(VerifyResult(True), *ids)
         left = max(0, int(reply["attempts_left"]))
@@ -675,6 +722,98 @@ class RedisStore:
         replies = await self.call("suppressions", read)
         return [_parse_suppression(raw) for raw in replies]
 
+    # ------------------------------------------------------------------ SMS conversion
+
+    def _conversion_keys(self, range_hash: str) -> list[str]:
+        layout = self.layout
+        return [layout.sms_samples(range_hash), layout.sms_block(range_hash), layout.sms_blocks()]
+
+    async def sms_sent(
+        self, range_hash: str, sealed_prefix: str, rule: ConversionRule, now: float
+    ) -> SmsBlock | None:
+        args = [
+            repr(now),
+            repr(now + rule.block_seconds),
+            rule.window,
+            rule.bucket,
+            rule.min_samples,
+            repr(rule.min_conversion),
+            range_hash,
+            sealed_prefix,
+        ]
+        reply = await self.script("sms_sent", self._conversion_keys(range_hash), args)
+        if not reply:
+            return None
+        fresh, reason, blocked_at, expires_at, sent, verified, sealed = reply
+        return SmsBlock(
+            range_hash=range_hash,
+            sealed_prefix=str(sealed),
+            reason=str(reason),
+            blocked_at=float(blocked_at),
+            expires_at=float(expires_at),
+            sent=int(sent),
+            verified=int(verified),
+            fresh=int(fresh) == 1,
+        )
+
+    async def sms_unsent(self, range_hash: str, rule: ConversionRule, now: float) -> None:
+        field = f"s:{math.floor(now / rule.bucket)}"
+        await self.script("sms_credit", [self.layout.sms_samples(range_hash)], [field, -1])
+
+    async def sms_verified(
+        self, range_hash: str, issued_at: float, rule: ConversionRule, now: float
+    ) -> None:
+        at = math.floor(issued_at / rule.bucket)
+        if at <= math.floor(now / rule.bucket) - math.ceil(rule.window / rule.bucket):
+            return  # issued before the window: its sent sample is gone too
+        await self.script("sms_credit", [self.layout.sms_samples(range_hash)], [f"v:{at}", 1])
+
+    async def sms_blocks(self, now: float) -> list[SmsBlock]:
+        index = self.layout.sms_blocks()
+
+        async def ranges() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zremrangebyscore(index, "-inf", repr(now))  # type: ignore[unused-awaitable]
+                pipe.zrange(index, 0, _BLOCKS_MAX - 1)  # type: ignore[unused-awaitable]
+                return list(await pipe.execute())
+
+        _, hashes = await self.call("sms_blocks", ranges)
+        if not hashes:
+            return []
+
+        async def read() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for range_hash in hashes:
+                    key = self.layout.sms_block(range_hash)
+                    pipe.hmget(key, _BLOCK_FIELDS)  # type: ignore[unused-awaitable]
+                return list(await pipe.execute())
+
+        found: list[SmsBlock] = []
+        for range_hash, values in zip(hashes, await self.call("sms_blocks", read), strict=True):
+            raw = _reply(_BLOCK_FIELDS, values)
+            if raw["reason"] is None or float(raw["expires_at"]) <= now:
+                continue
+            found.append(
+                SmsBlock(
+                    range_hash=str(range_hash),
+                    sealed_prefix=raw["prefix"] or "",
+                    reason=raw["reason"],
+                    blocked_at=float(raw["blocked_at"]),
+                    expires_at=float(raw["expires_at"]),
+                    sent=int(raw["sent"]),
+                    verified=int(raw["verified"]),
+                )
+            )
+        return found
+
+    async def sms_unblock(self, range_hash: str, now: float) -> bool:
+        keys = [
+            self.layout.sms_block(range_hash),
+            self.layout.sms_samples(range_hash),
+            self.layout.sms_blocks(),
+        ]
+        return int(await self.script("sms_unblock", keys, [repr(now), range_hash])) == 1
+
     # ------------------------------------------------------------------ provider reports
 
     async def link_message(self, ref: str, task_id: str, ttl: int) -> list[str]:
@@ -703,6 +842,38 @@ class RedisStore:
             ],
         )
         return ReportOutcome(str(outcome))
+
+    # ------------------------------------------------------------------ OTP trails
+
+    async def put_trail(self, trail: OtpTrail, sealed_fallback: str, ttl: int) -> None:
+        fields = {
+            "created_at": repr(trail.created_at),
+            "expires_at": repr(trail.expires_at),
+            "fallback_channel": trail.fallback_channel,
+            "fallback_until": repr(trail.fallback_until),
+            "first_task": trail.deliveries[0].task_id if trail.deliveries else "",
+            "deliveries": dump_deliveries(trail.deliveries),
+            "verified_at": repr(trail.verified_at),
+            "fell_back_at": repr(trail.fell_back_at),
+            "sealed": sealed_fallback,
+        }
+        flat = [part for item in fields.items() for part in item]
+        await self.script("trail_put", [self.layout.trail(trail.otp_id)], [ttl, *flat])
+
+    async def get_trail(self, otp_id: str) -> OtpTrail | None:
+        key = self.layout.trail(otp_id)
+        raw = cast(dict[str, str], await self.call("get_trail", lambda: self.redis.hgetall(key)))
+        return _parse_trail(otp_id, raw)
+
+    async def take_fallback(
+        self, otp_id: str, failed_task_id: str, delivery: TrailDelivery, now: float
+    ) -> str | None:
+        args = [failed_task_id, repr(now), delivery.channel, delivery.task_id]
+        sealed = await self.script("trail_take", [self.layout.trail(otp_id)], args)
+        return str(sealed) if sealed else None
+
+    async def trail_verified(self, otp_id: str, now: float) -> None:
+        await self.script("trail_verified", [self.layout.trail(otp_id)], [repr(now)])
 
     # ------------------------------------------------------------------ claims
 
