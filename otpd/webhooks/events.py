@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -14,6 +14,7 @@ __all__ = [
     "DeliveryEvent",
     "DeliveryOutcome",
     "EventSink",
+    "Verifier",
     "WebhookRefusedError",
     "check_fresh",
 ]
@@ -68,6 +69,13 @@ class EventSink(Protocol):
 
     async def apply(self, events: Sequence[DeliveryEvent]) -> None:
         """Apply ``events`` idempotently and in any order; raises only UnavailableError."""
+
+
+class Verifier(Protocol):
+    """One provider's webhook check: its verified events, or WebhookRefusedError (401),
+    ValidationError (422, a signed body that is not a report) or UnavailableError."""
+
+    async def events(self, headers: Mapping[str, str], raw_body: bytes) -> list[DeliveryEvent]: ...
 
 
 def check_fresh(timestamp: str, now: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from otpd.clock import Clock
@@ -37,7 +38,8 @@ class MailgunWebhook:
         self._store = store
         self._clock = clock
 
-    async def events(self, raw_body: bytes) -> list[DeliveryEvent]:
+    async def events(self, headers: Mapping[str, str], raw_body: bytes) -> list[DeliveryEvent]:
+        """The body's events (Mailgun signs in the body: ``headers`` are not read)."""
         if not self._key:
             raise WebhookRefusedError("mailgun webhooks are not configured")
         body = _json(raw_body)

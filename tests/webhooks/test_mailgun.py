@@ -44,7 +44,7 @@ def hook(store: Store, clock: FakeClock) -> MailgunWebhook:
 async def test_delivered_event_carries_the_bracketed_id_the_send_api_returned(
     hook: MailgunWebhook, clock: FakeClock
 ) -> None:
-    [event] = await hook.events(_body(clock, _event("delivered")))
+    [event] = await hook.events({}, _body(clock, _event("delivered")))
     assert event.message_id == "<20260101.1@mg.example.com>"
     assert (event.provider, event.event_id, event.outcome) == (
         "mailgun",
@@ -56,21 +56,21 @@ async def test_delivered_event_carries_the_bracketed_id_the_send_api_returned(
 async def test_permanent_failure_bounces_and_temporary_is_ignored(
     hook: MailgunWebhook, clock: FakeClock
 ) -> None:
-    [event] = await hook.events(_body(clock, _event("failed", severity="permanent")))
+    [event] = await hook.events({}, _body(clock, _event("failed", severity="permanent")))
     assert (event.outcome, event.permanent) == (DeliveryOutcome.BOUNCED, True)
-    assert await hook.events(_body(clock, _event("failed", severity="temporary"))) == []
+    assert await hook.events({}, _body(clock, _event("failed", severity="temporary"))) == []
 
 
 async def test_complaint_is_permanent(hook: MailgunWebhook, clock: FakeClock) -> None:
-    [event] = await hook.events(_body(clock, _event("complained")))
+    [event] = await hook.events({}, _body(clock, _event("complained")))
     assert (event.outcome, event.permanent) == (DeliveryOutcome.COMPLAINED, True)
 
 
 async def test_replayed_token_is_refused(hook: MailgunWebhook, clock: FakeClock) -> None:
     body = _body(clock, _event("delivered"))
-    await hook.events(body)
+    await hook.events({}, body)
     with pytest.raises(WebhookRefusedError):
-        await hook.events(body)
+        await hook.events({}, body)
 
 
 async def test_wrong_key_and_stale_or_future_timestamps_are_refused(
@@ -84,17 +84,17 @@ async def test_wrong_key_and_stale_or_future_timestamps_are_refused(
         b"[" * 100_000,
     ):
         with pytest.raises(WebhookRefusedError):
-            await hook.events(body)
+            await hook.events({}, body)
 
 
 async def test_well_signed_garbage_is_a_validation_error(
     hook: MailgunWebhook, clock: FakeClock
 ) -> None:
     with pytest.raises(ValidationError):
-        await hook.events(_body(clock, {"event": "delivered"}))
+        await hook.events({}, _body(clock, {"event": "delivered"}))
 
 
 async def test_unconfigured_key_refuses(clock: FakeClock) -> None:
     hook = MailgunWebhook(signing_key="", store=MemoryStore(clock=clock), clock=clock)
     with pytest.raises(WebhookRefusedError):
-        await hook.events(_body(clock, _event("delivered")))
+        await hook.events({}, _body(clock, _event("delivered")))

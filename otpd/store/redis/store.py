@@ -95,7 +95,6 @@ _SCRIPTS = (
     "sms_credit",
     "sms_unblock",
     # the trails of codes issued with a fallback (otpd.services.fallback)
-    "trail_put",
     "trail_take",
     "trail_verified",
     "audit_append",
@@ -858,7 +857,8 @@ class RedisStore:
             "sealed": sealed_fallback,
         }
         flat = [part for item in fields.items() for part in item]
-        await self.script("trail_put", [self.layout.trail(trail.otp_id)], [ttl, *flat])
+        # the task record's script: a hash replaced whole, with its TTL
+        await self.script("task_put", [self.layout.trail(trail.otp_id)], [ttl, *flat])
 
     async def get_trail(self, otp_id: str) -> OtpTrail | None:
         key = self.layout.trail(otp_id)
