@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 from typing import Protocol
@@ -43,6 +44,16 @@ class FakeClock:
         self._mono += seconds
 
 
+_last_second: tuple[int | None, str] = (None, "")
+
+
 def rfc3339(ts: float) -> str:
     """Format a UNIX timestamp as RFC 3339 in UTC with second precision."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    global _last_second
+    second = math.floor(ts)
+    cached, text = _last_second
+    if second != cached:
+        # one formatting per second: every audit record and task answer asks for "now"
+        text = datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds")[:-6] + "Z"
+        _last_second = (second, text)
+    return text

@@ -96,6 +96,8 @@ def mask_recipient(address: str) -> str:
 
 
 def _text(value: Any) -> str:
+    if type(value) is str:  # nearly every field: no conversion
+        return value if len(value) <= _MAX_VALUE else value[:_MAX_VALUE]
     if isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, list | tuple):
