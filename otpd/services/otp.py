@@ -8,7 +8,13 @@ from otpd.config import OtpConfig
 from otpd.config.sections import fixed_code_key
 from otpd.crypto import new_code, new_id
 from otpd.dispatch.dispatcher import new_task_id
-from otpd.errors import NotFoundError, SmsBlockedError, UnavailableError, ValidationError
+from otpd.errors import (
+    NotFoundError,
+    RecipientSuppressedError,
+    SmsBlockedError,
+    UnavailableError,
+    ValidationError,
+)
 from otpd.models import (
     Channel,
     Delivery,
@@ -23,6 +29,7 @@ from otpd.services.deps import ServiceDeps
 from otpd.services.fallback import ChannelFallback
 from otpd.services.sms_guard import SmsGuard
 from otpd.store import OtpRecord
+from otpd.store.base import Suppressed
 from otpd.validation import (
     check_client_ip,
     check_code,
@@ -118,9 +125,14 @@ class OtpService:
                 raise
             to_phone = sms.e164
             target = None if fallback_channel is Channel.SMS else sms
+        # suppressed recipients are refused by the issue script itself (no round trip)
+        suppressed_fields: list[str] = []
+        suppressed_hashes: list[str] = []
         if self.deps.suppressions is not None:
             recipients = {"email": to_email, "phone": to_phone}
-            await self.deps.suppressions.check({f: a for f, a in recipients.items() if a})
+            suppressed_fields, suppressed_hashes = self.deps.suppressions.hashes(
+                {f: a for f, a in recipients.items() if a}
+            )
 
         code = new_code(self.config.length)
         context = {"code": code, "ttl_minutes": max(1, self.config.ttl_seconds // 60)}
@@ -177,12 +189,16 @@ class OtpService:
             record = dataclasses.replace(record, tracked=True)
         if sample is not None:
             record = dataclasses.replace(record, range_hash=sample.range_hash)
-        refused = await self.store.issue_otp(user_id, record, limits, now)
+        refused = await self.store.issue_otp(
+            user_id, record, limits, now, unless_suppressed=suppressed_hashes
+        )
         if refused is not None:
             if charge is not None:
                 await self.sms_guard.refund(charge)
             if sample is not None:
                 await self.sms_guard.uncount(sample)
+            if isinstance(refused, Suppressed):
+                raise RecipientSuppressedError(suppressed_fields[refused.index])
             policy.record_refusal(messages, refused)
             error = policy.error(refused, "otp", "too many codes requested; try again later")
             await self.deps.audit.record(

@@ -94,13 +94,19 @@ class SuppressionList:
             await self.audit.record("suppression_removed", recipient=normalized)
         return removed
 
+    def hashes(self, addresses: Mapping[str, str]) -> tuple[list[str], list[str]]:
+        """The fields and the keyed hashes of their addresses, for a store operation that
+        refuses suppressed recipients itself (``Store.issue_otp(unless_suppressed=...)``:
+        no round trip of its own)."""
+        fields = list(addresses)
+        return fields, [self._key(normalize_address(addresses[f], f)) for f in fields]
+
     async def check(self, addresses: Mapping[str, str]) -> None:
         """Raise :class:`RecipientSuppressedError` naming the first field (``email``,
         ``phone``) whose address is suppressed: one store round trip for all of them."""
         if not addresses:
             return
-        fields = list(addresses)
-        keys = [self._key(normalize_address(addresses[f], f)) for f in fields]
+        fields, keys = self.hashes(addresses)
         found = await self.store.suppressions(keys)
         for field, hit in zip(fields, found, strict=True):
             if hit is not None:

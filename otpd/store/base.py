@@ -35,6 +35,7 @@ __all__ = [
     "OtpRecord",
     "SmsBlock",
     "Store",
+    "Suppressed",
     "Suppression",
     "TokenCheck",
     "TokenOutcome",
@@ -112,6 +113,14 @@ class LimitExceeded:
 
     scope: str
     retry_after: float
+
+
+@dataclass(frozen=True, slots=True)
+class Suppressed:
+    """A request refused because a recipient is suppressed: ``index`` into the
+    suppression hashes the request named."""
+
+    index: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,10 +350,18 @@ class Store(Protocol):
         """Raise :class:`~otpd.errors.UnavailableError` when the store cannot answer."""
 
     async def issue_otp(
-        self, user_id: str, record: OtpRecord, limits: Sequence[Limit], now: float
-    ) -> LimitExceeded | None:
+        self,
+        user_id: str,
+        record: OtpRecord,
+        limits: Sequence[Limit],
+        now: float,
+        *,
+        unless_suppressed: Sequence[str] = (),
+    ) -> LimitExceeded | Suppressed | None:
         """Count ``limits``, then replace the code of ``(user_id, record.purpose)``; all or
-        nothing."""
+        nothing. Nothing either when one of ``unless_suppressed`` (keyed hashes of the
+        recipients, as :meth:`suppress` keeps them) is suppressed: then :class:`Suppressed`
+        names the first one."""
 
     async def verify_otp(
         self, user_id: str, purpose: str, code_hash: str, now: float

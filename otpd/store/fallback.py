@@ -42,6 +42,7 @@ from otpd.store.base import (
     OtpRecord,
     SmsBlock,
     Store,
+    Suppressed,
     Suppression,
     TokenOutcome,
     TokenRecord,
@@ -243,18 +244,27 @@ class FallbackStore:
         await self._either("ping", self.primary.ping, self.local.ping)
 
     async def issue_otp(
-        self, user_id: str, record: OtpRecord, limits: Sequence[Limit], now: float
-    ) -> LimitExceeded | None:
+        self,
+        user_id: str,
+        record: OtpRecord,
+        limits: Sequence[Limit],
+        now: float,
+        *,
+        unless_suppressed: Sequence[str] = (),
+    ) -> LimitExceeded | Suppressed | None:
         key = ("otp", user_id, record.purpose)
         if not self._degraded:
             try:
-                refused = await self.primary.issue_otp(user_id, record, limits, now)
+                refused = await self.primary.issue_otp(
+                    user_id, record, limits, now, unless_suppressed=unless_suppressed
+                )
             except UnavailableError as exc:
                 self.note_unavailable("issue_otp", exc)
             else:
                 if refused is None and self._here.pop(key, None) is not None:
                     self.local.forget_otp(user_id, record.purpose)  # superseded
                 return refused
+        # the local store holds no suppressions (see suppressions below)
         refused = await self.local.issue_otp(user_id, record, limits, now)
         if refused is None:
             self._here[key] = record.expires_at

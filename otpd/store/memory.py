@@ -33,6 +33,7 @@ from otpd.store.base import (
     LimitExceeded,
     OtpRecord,
     SmsBlock,
+    Suppressed,
     Suppression,
     TokenCheck,
     TokenOutcome,
@@ -311,8 +312,18 @@ class MemoryStore:
         self._done()
 
     async def issue_otp(
-        self, user_id: str, record: OtpRecord, limits: Sequence[Limit], now: float
-    ) -> LimitExceeded | None:
+        self,
+        user_id: str,
+        record: OtpRecord,
+        limits: Sequence[Limit],
+        now: float,
+        *,
+        unless_suppressed: Sequence[str] = (),
+    ) -> LimitExceeded | Suppressed | None:
+        for index, address_hash in enumerate(unless_suppressed):
+            if self._get(self._keys.suppression(address_hash), Suppression, now) is not None:
+                self._done(now)
+                return Suppressed(index)
         refused = self._count(limits, now, record.otp_id)
         if refused is None:
             key = self._keys.otp(user_id, record.purpose)

@@ -28,7 +28,14 @@ from otpd.store import (
     create_store,
     register_backend,
 )
-from otpd.store.base import ConversionRule, SmsBlock, Suppression, TotpOutcome, TotpRecord
+from otpd.store.base import (
+    ConversionRule,
+    SmsBlock,
+    Suppressed,
+    Suppression,
+    TotpOutcome,
+    TotpRecord,
+)
 from otpd.store.memory import MemoryStore
 from otpd.store.reports import ReportOutcome, TaskReport
 from otpd.store.trails import OtpTrail, TrailDelivery
@@ -62,10 +69,18 @@ class WrappedStore:
         await self.inner.ping()
 
     async def issue_otp(
-        self, user_id: str, record: OtpRecord, limits: Sequence[Limit], now: float
-    ) -> LimitExceeded | None:
+        self,
+        user_id: str,
+        record: OtpRecord,
+        limits: Sequence[Limit],
+        now: float,
+        *,
+        unless_suppressed: Sequence[str] = (),
+    ) -> LimitExceeded | Suppressed | None:
         self.calls += 1
-        return await self.inner.issue_otp(user_id, record, limits, now)
+        return await self.inner.issue_otp(
+            user_id, record, limits, now, unless_suppressed=unless_suppressed
+        )
 
     async def verify_otp(
         self, user_id: str, purpose: str, code_hash: str, now: float

@@ -11,7 +11,17 @@ import pytest
 from otpd.clock import FakeClock
 from otpd.errors import UnavailableError
 from otpd.models import Channel, Message, TaskRecord, TaskStatus, VerifyReason
-from otpd.store.base import Bucket, Claim, ClaimState, Limit, OtpRecord, Store, Suppression
+from otpd.store.base import (
+    Bucket,
+    Claim,
+    ClaimState,
+    Limit,
+    LimitExceeded,
+    OtpRecord,
+    Store,
+    Suppressed,
+    Suppression,
+)
 from otpd.store.memory import MemoryStore
 from otpd.store.reports import PARKED_MAX, ReportOutcome, TaskReport
 from tests.conftest import ConfigFactory
@@ -147,7 +157,7 @@ async def test_issue_refused_by_a_limit_keeps_the_previous_code(
     now = clock.time()
     assert await store.issue_otp("u1", record(now, "a" * 64), [lim], now) is None
     refused = await store.issue_otp("u1", record(now, "b" * 64), [lim], now)
-    assert refused is not None and refused.scope == "user_hour"
+    assert isinstance(refused, LimitExceeded) and refused.scope == "user_hour"
     assert (await store.verify_otp("u1", "login", "a" * 64, now)).result.verified
 
 
@@ -457,3 +467,20 @@ async def test_audit_records_past_the_retention_are_trimmed(store: Store, clock:
     await store.append_audit(audit("otp_verified", 2), "u1", retention_ms, clock.time())
     events, _ = await store.audit_events("u1", None, None, None, 100, None)
     assert [e["at"] for e in events] == ["t2", "t1"]
+
+
+async def test_a_suppressed_recipient_refuses_the_issue_and_counts_nothing(
+    store: Store, clock: FakeClock
+) -> None:
+    now = clock.time()
+    lim = Limit("user_hour", Bucket.user("u1", "otp"), 1, 3600)
+    await store.suppress("h-phone", Suppression("+4*****67", "opt_out", "webhook", now), 0)
+    refused = await store.issue_otp(
+        "u1", record(now, "a" * 64), [lim], now, unless_suppressed=["h-mail", "h-phone"]
+    )
+    assert refused == Suppressed(1)
+    # neither the code nor the limit was touched: the next request still has its one hit
+    assert (await store.verify_otp("u1", "login", "a" * 64, now)).otp_id == ""
+    assert (
+        await store.issue_otp("u1", record(now), [lim], now, unless_suppressed=["h-mail"]) is None
+    )

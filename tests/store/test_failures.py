@@ -172,8 +172,8 @@ async def test_a_stopped_redis_logs_one_warning_and_one_recovery_and_flips_store
             assert [e["event"] for e in events] == ["store.unavailable", "store.recovered"], events
             assert all(e["log_level"] == "warning" for e in events)
             assert store_up(client) == 1
-            # an issue asks the suppression list first: that is the call that fails
-            assert errors_counted(client, "suppressions", "connection") >= 3
+            # an issue's first call is its issue script: that is the call that fails
+            assert errors_counted(client, "put_limited", "connection") >= 3
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import pytest
 from otpd.clock import FakeClock
 from otpd.config import load_config
 from otpd.models import VerifyReason
-from otpd.store.base import Bucket, Limit, LimitExceeded, OtpRecord, Store
+from otpd.store.base import Bucket, Limit, LimitExceeded, OtpRecord, Store, Suppressed
 from otpd.store.memory import _FREE_PER_OP, MemoryStore, _Code
 from otpd.store.redis import RedisStore
 
@@ -251,8 +251,8 @@ def _traffic(seed: int, steps: int) -> list[Call]:
     return out
 
 
-async def _answers(store: Store, traffic: list[Call]) -> list[LimitExceeded | None]:
-    answers: list[LimitExceeded | None] = []
+async def _answers(store: Store, traffic: list[Call]) -> list[LimitExceeded | Suppressed | None]:
+    answers: list[LimitExceeded | Suppressed | None] = []
     for i, limits, member, now in traffic:
         if member:
             answers.append(await store.hit_limits(limits, member, now))
@@ -291,8 +291,8 @@ async def test_freeing_expired_keys_never_changes_an_answer() -> None:
     clock = FakeClock(traffic[0][3])
     kept = MemoryStore(clock=FakeClock(traffic[0][3]))  # its clock never passes a deadline
     freeing = MemoryStore(clock=clock)
-    answers_kept: list[LimitExceeded | None] = []
-    answers_freeing: list[LimitExceeded | None] = []
+    answers_kept: list[LimitExceeded | Suppressed | None] = []
+    answers_freeing: list[LimitExceeded | Suppressed | None] = []
     for i, call in enumerate(forward):
         answers_kept += await _answers(kept, [call])
         clock.advance(call[3] - clock.time())

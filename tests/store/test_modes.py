@@ -14,7 +14,7 @@ from otpd.clock import FakeClock
 from otpd.config import load_config
 from otpd.errors import UnavailableError
 from otpd.models import VerifyReason
-from otpd.store.base import Bucket, ClaimState, Limit, OtpRecord
+from otpd.store.base import Bucket, ClaimState, Limit, LimitExceeded, OtpRecord
 from otpd.store.redis import RedisStore
 from tests.redis_topologies import ClusterSetup, SentinelSetup
 
@@ -91,7 +91,7 @@ async def test_concurrent_issues_across_slots_accept_exactly_the_user_limit(
         for user in ("u2", "u3", "u4")
     ]
     assert others[:2] == [None, None]
-    assert others[2] is not None and others[2].scope == "ip_hour"
+    assert isinstance(others[2], LimitExceeded) and others[2].scope == "ip_hour"
 
 
 async def test_a_code_verifies_once_under_concurrency_on_a_cluster(

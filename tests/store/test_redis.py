@@ -134,7 +134,7 @@ async def test_store_cannot_be_opened_twice(rstore: RedisStore) -> None:
         await rstore.__aenter__()
 
 
-async def test_sms_otp_issue_costs_the_code_script_and_the_task_record_only(
+async def test_sms_otp_issue_costs_the_conversion_count_the_code_script_and_the_task_record(
     make_config: Callable[..., Config], raw: aioredis.Redis
 ) -> None:
     async with Otpd(make_config("redis")) as daemon:
@@ -149,15 +149,15 @@ async def test_sms_otp_issue_costs_the_code_script_and_the_task_record_only(
             await daemon.audit.flush()
 
         trips = await count_round_trips(raw, issue)
-    # the suppression list is read first; the range's conversion sample is counted (or
-    # its block found) next; the guard's caps and range velocity ride in the issue script;
-    # the task record and its stream entry are the next script; the audit record
-    # (otp_issued) is the last, written by the trail's writer once the request is answered
+    # the range's conversion sample is counted (or its block found) first; the guard's
+    # caps and range velocity and the suppression list ride in the issue script; the task
+    # record and its stream entry are the next script; the audit record (otp_issued) is the
+    # last, written by the trail's writer once the request is answered
     assert answered == [1]
-    assert [c.split()[0] for c in trips] == ["HGETALL", "EVALSHA", "EVALSHA", "EVALSHA", "EVALSHA"]
-    assert ":supp:{s:" in trips[0]
-    assert ":conv:{sms}:" in trips[1]
-    trips = trips[2:]
+    assert [c.split()[0] for c in trips] == ["EVALSHA", "EVALSHA", "EVALSHA", "EVALSHA"]
+    assert ":conv:{sms}:" in trips[0]
+    trips = trips[1:]
+    assert ":supp:{s:" in trips[0] and ":otp:{u:u1}:" in trips[0]
     enqueue = hashlib.sha1(
         load_script("task_enqueue", shebang=True).encode(), usedforsecurity=False
     ).hexdigest()

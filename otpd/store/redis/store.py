@@ -39,6 +39,7 @@ from otpd.store.base import (
     LimitExceeded,
     OtpRecord,
     SmsBlock,
+    Suppressed,
     Suppression,
     TokenCheck,
     TokenOutcome,
@@ -502,11 +503,26 @@ class RedisStore:
     # ------------------------------------------------------------------ codes
 
     async def issue_otp(
-        self, user_id: str, record: OtpRecord, limits: Sequence[Limit], now: float
-    ) -> LimitExceeded | None:
+        self,
+        user_id: str,
+        record: OtpRecord,
+        limits: Sequence[Limit],
+        now: float,
+        *,
+        unless_suppressed: Sequence[str] = (),
+    ) -> LimitExceeded | Suppressed | None:
         fields = {**dataclasses.asdict(record), "tracked": int(record.tracked), "attempts": 0}
         key = self.layout.otp(user_id, record.purpose)
-        return await self._put_limited(key, fields, record.otp_id, record.expires_at, limits, now)
+        if unless_suppressed and self.cluster:
+            # the suppressions are on other slots than the code: read first
+            found = await self.suppressions(unless_suppressed)
+            hit = next((i for i, s in enumerate(found) if s is not None), None)
+            if hit is not None:
+                return Suppressed(hit)
+            unless_suppressed = ()
+        return await self._put_limited(
+            key, fields, record.otp_id, record.expires_at, limits, now, unless_suppressed
+        )
 
     async def _put_limited(
         self,
@@ -516,19 +532,24 @@ class RedisStore:
         expires_at: float,
         limits: Sequence[Limit],
         now: float,
-    ) -> LimitExceeded | None:
-        """Replace the hash at ``key`` with ``fields`` if every limit allows; one trip (on
-        a cluster, one per slot the limits touch: see :meth:`_reserve_elsewhere`)."""
+        unless_suppressed: Sequence[str] = (),
+    ) -> LimitExceeded | Suppressed | None:
+        """Replace the hash at ``key`` with ``fields`` if every limit allows and none of
+        ``unless_suppressed`` is suppressed (not on a cluster: there the caller reads them);
+        one trip (on a cluster, one per slot the limits touch: see
+        :meth:`_reserve_elsewhere`)."""
         if self.cluster:
             home, away = self._split(key_slot(key.encode()), limits)
             held, refused = await self._reserve_elsewhere(away, member, now)
             if refused is not None:
                 return refused
-            refused = await self._put_limited_here(key, fields, member, expires_at, home, now)
-            if refused is not None:
+            outcome = await self._put_limited_here(key, fields, member, expires_at, home, now)
+            if outcome is not None:
                 await self._release(held, member)
-            return refused
-        return await self._put_limited_here(key, fields, member, expires_at, limits, now)
+            return outcome
+        return await self._put_limited_here(
+            key, fields, member, expires_at, limits, now, unless_suppressed
+        )
 
     def _split(
         self, slot: int | None, limits: Sequence[Limit]
@@ -600,15 +621,19 @@ class RedisStore:
         expires_at: float,
         limits: Sequence[Limit],
         now: float,
-    ) -> LimitExceeded | None:
+        unless_suppressed: Sequence[str] = (),
+    ) -> LimitExceeded | Suppressed | None:
         limit_keys, limit_args = self._limit_args(limits)
         flat: list[Any] = [part for item in fields.items() for part in item]
         ttl = max(1, _ms(expires_at - now))
+        suppressed = [self.layout.suppression(h) for h in unless_suppressed]
         reply = await self.script(
             "put_limited",
-            [key, *limit_keys],
-            [_ms(now), ttl, member, len(limits), *limit_args, *flat],
+            [key, *limit_keys, *suppressed],
+            [_ms(now), ttl, member, len(limits), *limit_args, len(suppressed), *flat],
         )
+        if int(reply[0]) == 2:
+            return Suppressed(int(reply[1]) - 1)
         return self._refusal(limits, reply)
 
     async def verify_otp(
@@ -636,7 +661,11 @@ class RedisStore:
     ) -> LimitExceeded | None:
         fields = dataclasses.asdict(record)
         key = self.layout.token(owner_ref, record.purpose)
-        return await self._put_limited(key, fields, record.token_id, record.expires_at, limits, now)
+        refused = await self._put_limited(
+            key, fields, record.token_id, record.expires_at, limits, now
+        )
+        assert not isinstance(refused, Suppressed)  # none was named
+        return refused
 
     async def use_token(
         self, owner_ref: str, purpose: str, token_hash: str, now: float, *, consume: bool
