@@ -25,7 +25,7 @@ from otpd.errors import DeliveryError, PermanentDeliveryError, UnavailableError
 from otpd.metrics import Metrics
 from otpd.models import Channel, Message, TaskRecord, TaskStatus
 from otpd.providers.chain import ProviderChain
-from otpd.store.base import LimitExceeded, Store, Suppression
+from otpd.store.base import LimitExceeded, QueuedTask, Store, Suppression
 
 __all__ = [
     "Admission",
@@ -105,6 +105,14 @@ class _InFlight:
 
     async def idle(self) -> None:
         await self._none.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A job whose task the store writes with its code (:meth:`Dispatcher.prepare`)."""
+
+    job: Job
+    queued: QueuedTask
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +284,24 @@ class Dispatcher:
         await self.queue.put(Job(record, message))
         self._metrics.queue_depth.set(self.queue.depth)
         return record
+
+    def prepare(self, message: Message, *, task_id: str | None = None) -> Prepared | None:
+        """A task for ``message`` that the store can record and queue in the same step as
+        the code it carries (``Store.issue_otp(enqueue=...)``), then :meth:`accepted`; None
+        when the queue cannot take it that way (then :meth:`enqueue` it). Raises
+        UnavailableError like :meth:`enqueue`."""
+        if message.channel not in self.chains:
+            raise UnavailableError(f"no {message.channel} providers are configured")
+        if not self._accepting:
+            raise UnavailableError("the dispatcher is not accepting messages")
+        job = Job(self._new_record(message, TaskStatus.QUEUED, task_id=task_id), message)
+        queued = self.queue.prepare(job)
+        return None if queued is None else Prepared(job, queued)
+
+    def accepted(self, prepared: Prepared) -> TaskRecord:
+        """The task of a :meth:`prepare` that the store recorded and queued."""
+        self._metrics.queue_depth.set(self.queue.depth)
+        return prepared.job.record
 
     async def reject(
         self, message: Message, reason: str, *, task_id: str | None = None

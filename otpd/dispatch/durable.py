@@ -37,7 +37,7 @@ from otpd.dispatch.queue import DeadLetter, Job, masked_recipient
 from otpd.errors import UnavailableError
 from otpd.models import Channel, Message, TaskRecord, TaskStatus
 from otpd.sealing import Keyring, SealError
-from otpd.store.base import Store
+from otpd.store.base import QueuedTask, Store
 from otpd.store.fallback import FallbackStore
 from otpd.store.memory import MemoryStore
 from otpd.store.redis.store import parse_task, task_mutable
@@ -187,13 +187,25 @@ class DurableQueue:
         store: Store = self._fallback if self._fallback is not None else self.streams.store
         await store.put_task(job.record, self.config.task_ttl_seconds)
 
-    async def _enqueue(self, job: Job) -> str | None:
-        """Write the record (the message sealed in it) and its entry; None when full."""
+    def prepare(self, job: Job) -> QueuedTask | None:
+        # with a fallback store a job may have to stay in this process, apart from its
+        # code; on a cluster the code and the task are on different slots
+        if self._fallback is not None or not self.streams.store.queues_with_codes():
+            return None
+        return self._queued(job)
+
+    def _queued(self, job: Job) -> QueuedTask:
+        """The record with the message sealed in it, as the stream's scripts write it."""
         record = job.record
         sealed = self.keyring.seal(job.message.to_json(), record.task_id)
         extra = {"body": sealed, "recipient": masked_recipient(job.message)}
         backlog = max(1, self.config.queue_size // len(self.streams.partitions))
-        return await self.streams.enqueue(record, extra, self.config.task_ttl_seconds, backlog)
+        return QueuedTask(record, extra, self.config.task_ttl_seconds, backlog)
+
+    async def _enqueue(self, job: Job) -> str | None:
+        """Write the record (the message sealed in it) and its entry; None when full."""
+        task = self._queued(job)
+        return await self.streams.enqueue(task.record, task.extra, task.ttl, task.max_backlog)
 
     @property
     def _local_store(self) -> MemoryStore:

@@ -14,6 +14,7 @@ from typing import NoReturn, Self
 from otpd.dispatch.durable import DurableQueue
 from otpd.dispatch.queue import DeadLetter, Job
 from otpd.models import Channel, TaskRecord
+from otpd.store.base import QueuedTask
 
 __all__ = ["IntakeQueue"]
 
@@ -55,6 +56,9 @@ class IntakeQueue:
 
     async def put_refused(self, job: Job) -> None:
         await self._queue.put_refused(job)
+
+    def prepare(self, job: Job) -> QueuedTask | None:
+        return self._queue.prepare(job)
 
     async def get(self) -> Job:
         if self._never is None:

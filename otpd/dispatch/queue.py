@@ -19,7 +19,7 @@ from otpd.config import DispatchConfig
 from otpd.errors import UnavailableError
 from otpd.models import Channel, DeadLetter, Message, TaskRecord, TaskStatus
 from otpd.redaction import mask_email, mask_phone
-from otpd.store.base import Store
+from otpd.store.base import QueuedTask, Store
 
 __all__ = ["DeadLetter", "DeliveryQueue", "InProcessQueue", "Job", "masked_recipient"]
 
@@ -64,6 +64,11 @@ class DeliveryQueue(Protocol):
 
     async def put(self, job: Job) -> None:
         """Record ``job`` as queued and accept it; raise ``UnavailableError`` when full."""
+
+    def prepare(self, job: Job) -> QueuedTask | None:
+        """``job`` as a task the store records along with the code it carries
+        (``Store.issue_otp(enqueue=...)``: no round trip of its own), or None when this
+        queue cannot take it that way (then :meth:`put` it)."""
 
     async def put_refused(self, job: Job) -> None:
         """Record ``job`` (already final: refused) without queueing it, doing the work of a
@@ -170,6 +175,9 @@ class InProcessQueue:
 
     async def put_refused(self, job: Job) -> None:
         await self.store.put_task(job.record, self.config.task_ttl_seconds)
+
+    def prepare(self, job: Job) -> QueuedTask | None:
+        return None  # the jobs live in this process: nothing to write along with a code
 
     async def get(self) -> Job:
         return await self.queue.get()

@@ -189,9 +189,38 @@ class OtpService:
             record = dataclasses.replace(record, tracked=True)
         if sample is not None:
             record = dataclasses.replace(record, range_hash=sample.range_hash)
-        refused = await self.store.issue_otp(
-            user_id, record, limits, now, unless_suppressed=suppressed_hashes
+        audit = self.deps.audit
+        carried = audit.context(
+            user_id=user_id,
+            otp_id=record.otp_id,
+            purpose=purpose,
+            client_ip=client_ip,
+            user_agent=user_agent,
         )
+        # not sent once the code it carries has expired
+        messages = [
+            dataclasses.replace(m, expires_at=record.expires_at, audit=carried) for m in messages
+        ]
+        # The durable queue's tasks ride in the issue script (one round trip for the code
+        # and its deliveries) unless a fallback's trail must be written between the two.
+        prepared = [] if spare is not None else [self.dispatcher.prepare(m) for m in messages]
+        riding = [p for p in prepared if p is not None]
+        try:
+            refused = await self.store.issue_otp(
+                user_id,
+                record,
+                limits,
+                now,
+                unless_suppressed=suppressed_hashes,
+                enqueue=[p.queued for p in riding],
+            )
+        except UnavailableError:
+            # nothing was sent: what the SMS guard counted for it is taken back
+            if charge is not None:
+                await self.sms_guard.refund(charge)
+            if sample is not None:
+                await self.sms_guard.uncount(sample)
+            raise
         if refused is not None:
             if charge is not None:
                 await self.sms_guard.refund(charge)
@@ -214,15 +243,11 @@ class OtpService:
             )
             raise error
 
-        deliveries = []
-        audit = self.deps.audit
-        carried = audit.context(
-            user_id=user_id,
-            otp_id=record.otp_id,
-            purpose=purpose,
-            client_ip=client_ip,
-            user_agent=user_agent,
-        )
+        deliveries = [
+            Delivery(p.job.message.channel, self.dispatcher.accepted(p).task_id) for p in riding
+        ]
+        # what the issue script did not queue (the in-process queue, a fallback store)
+        unqueued = [m for i, m in enumerate(messages) if i >= len(prepared) or prepared[i] is None]
         first_task_id = None
         if spare is not None:
             # the trail first: the first task may fail as soon as it is queued
@@ -230,9 +255,7 @@ class OtpService:
             spare = dataclasses.replace(spare, expires_at=record.expires_at, audit=carried)
             first = Delivery(messages[0].channel, first_task_id)
             await self._trails().keep(record.otp_id, first, spare, now)
-        for message in messages:
-            # not sent once the code it carries has expired
-            message = dataclasses.replace(message, expires_at=record.expires_at, audit=carried)
+        for message in unqueued:
             task = await self.dispatcher.enqueue(message, task_id=first_task_id)
             deliveries.append(Delivery(message.channel, task.task_id))
         self.metrics.otp_issued.labels(otp_channel.value).inc()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import Protocol, Self
@@ -33,6 +33,7 @@ __all__ = [
     "Limit",
     "LimitExceeded",
     "OtpRecord",
+    "QueuedTask",
     "SmsBlock",
     "Store",
     "Suppressed",
@@ -113,6 +114,18 @@ class LimitExceeded:
 
     scope: str
     retry_after: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedTask:
+    """A task of the durable queue to record with the code that it carries, in the same
+    step (:meth:`Store.issue_otp`): its record with ``extra`` fields (the sealed message),
+    the record's TTL and its partition's most ready entries."""
+
+    record: TaskRecord
+    extra: Mapping[str, str]
+    ttl: int
+    max_backlog: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,11 +370,17 @@ class Store(Protocol):
         now: float,
         *,
         unless_suppressed: Sequence[str] = (),
+        enqueue: Sequence[QueuedTask] = (),
     ) -> LimitExceeded | Suppressed | None:
         """Count ``limits``, then replace the code of ``(user_id, record.purpose)``; all or
         nothing. Nothing either when one of ``unless_suppressed`` (keyed hashes of the
         recipients, as :meth:`suppress` keeps them) is suppressed: then :class:`Suppressed`
-        names the first one."""
+        names the first one. ``enqueue``: the durable queue's tasks for the code, recorded
+        and queued in the same step (only a store that :meth:`queues_with_codes` takes
+        them); UnavailableError, and nothing written, when a partition is full."""
+
+    def queues_with_codes(self) -> bool:
+        """Whether :meth:`issue_otp` takes ``enqueue`` (one Redis, not a cluster)."""
 
     async def verify_otp(
         self, user_id: str, purpose: str, code_hash: str, now: float

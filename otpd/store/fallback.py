@@ -40,6 +40,7 @@ from otpd.store.base import (
     Limit,
     LimitExceeded,
     OtpRecord,
+    QueuedTask,
     SmsBlock,
     Store,
     Suppressed,
@@ -251,7 +252,10 @@ class FallbackStore:
         now: float,
         *,
         unless_suppressed: Sequence[str] = (),
+        enqueue: Sequence[QueuedTask] = (),
     ) -> LimitExceeded | Suppressed | None:
+        if enqueue:
+            raise ValueError("a fallback store records the durable queue's tasks apart")
         key = ("otp", user_id, record.purpose)
         if not self._degraded:
             try:
@@ -269,6 +273,9 @@ class FallbackStore:
         if refused is None:
             self._here[key] = record.expires_at
         return refused
+
+    def queues_with_codes(self) -> bool:
+        return False  # a task accepted while degraded is kept locally, apart from its code
 
     async def verify_otp(
         self, user_id: str, purpose: str, code_hash: str, now: float

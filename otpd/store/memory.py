@@ -32,6 +32,7 @@ from otpd.store.base import (
     Limit,
     LimitExceeded,
     OtpRecord,
+    QueuedTask,
     SmsBlock,
     Suppressed,
     Suppression,
@@ -319,7 +320,10 @@ class MemoryStore:
         now: float,
         *,
         unless_suppressed: Sequence[str] = (),
+        enqueue: Sequence[QueuedTask] = (),
     ) -> LimitExceeded | Suppressed | None:
+        if enqueue:
+            raise ValueError("the memory store keeps no durable queue")
         for index, address_hash in enumerate(unless_suppressed):
             if self._get(self._keys.suppression(address_hash), Suppression, now) is not None:
                 self._done(now)
@@ -330,6 +334,9 @@ class MemoryStore:
             self._set(key, _Code.of(record), record.expires_at)
         self._done(now)
         return refused
+
+    def queues_with_codes(self) -> bool:
+        return False
 
     async def verify_otp(
         self, user_id: str, purpose: str, code_hash: str, now: float

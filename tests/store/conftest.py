@@ -30,6 +30,7 @@ from otpd.store import (
 )
 from otpd.store.base import (
     ConversionRule,
+    QueuedTask,
     SmsBlock,
     Suppressed,
     Suppression,
@@ -76,11 +77,15 @@ class WrappedStore:
         now: float,
         *,
         unless_suppressed: Sequence[str] = (),
+        enqueue: Sequence[QueuedTask] = (),
     ) -> LimitExceeded | Suppressed | None:
         self.calls += 1
         return await self.inner.issue_otp(
-            user_id, record, limits, now, unless_suppressed=unless_suppressed
+            user_id, record, limits, now, unless_suppressed=unless_suppressed, enqueue=enqueue
         )
+
+    def queues_with_codes(self) -> bool:
+        return self.inner.queues_with_codes()
 
     async def verify_otp(
         self, user_id: str, purpose: str, code_hash: str, now: float

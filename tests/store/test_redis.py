@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,8 +16,9 @@ from otpd.app import Otpd
 from otpd.clock import FakeClock
 from otpd.config import Config, load_config
 from otpd.errors import UnavailableError
-from otpd.store.base import Bucket, Limit, OtpRecord
-from otpd.store.redis import RedisStore, load_script
+from otpd.models import Channel, TaskRecord, TaskStatus
+from otpd.store.base import Bucket, Limit, OtpRecord, QueuedTask
+from otpd.store.redis import RedisStore
 from otpd.totp import hotp, time_step
 from tests.conftest import free_port
 
@@ -134,35 +134,47 @@ async def test_store_cannot_be_opened_twice(rstore: RedisStore) -> None:
         await rstore.__aenter__()
 
 
-async def test_sms_otp_issue_costs_the_conversion_count_the_code_script_and_the_task_record(
+async def _issue_trips(daemon: Otpd, raw: aioredis.Redis, **request: str) -> list[str]:
+    """The commands one issue sends, the audit record's included (written once the
+    request is answered: the trail holds one record pending when the issue returns)."""
+    daemon.dispatcher.queue.hold_retries()  # no background reads: only the request shows
+    answered: list[int] = []
+
+    async def issue() -> None:
+        await daemon.otp.issue(user_id="u1", client_ip="203.0.113.1", **request)
+        answered.append(len(daemon.audit._pending))
+        await daemon.audit.flush()
+
+    trips = await count_round_trips(raw, issue)
+    assert answered == [1]
+    return trips
+
+
+async def test_an_email_otp_issue_is_one_script_with_its_task_then_the_audit_record(
     make_config: Callable[..., Config], raw: aioredis.Redis
 ) -> None:
     async with Otpd(make_config("redis")) as daemon:
-        daemon.dispatcher.queue.hold_retries()  # no background reads: only the request shows
-        answered: list[float] = []
+        trips = await _issue_trips(daemon, raw, channel="email", email="ada@example.com")
+    # the limits, the suppression list, the code, the task record and its stream entry
+    assert [c.split()[0] for c in trips] == ["EVALSHA", "EVALSHA"]
+    issue, audit = trips
+    assert ":supp:{s:" in issue and ":otp:{u:u1}:" in issue
+    assert ":task:{q:" in issue and ":ready" in issue
+    assert "audit:{u:u1}" in audit
 
-        async def issue() -> None:
-            await daemon.otp.issue(
-                user_id="u1", channel="sms", phone="+14155552671", client_ip="203.0.113.1"
-            )
-            answered.append(len(daemon.audit._pending))
-            await daemon.audit.flush()
 
-        trips = await count_round_trips(raw, issue)
+async def test_sms_otp_issue_costs_the_conversion_count_then_the_same_one_script(
+    make_config: Callable[..., Config], raw: aioredis.Redis
+) -> None:
+    async with Otpd(make_config("redis")) as daemon:
+        trips = await _issue_trips(daemon, raw, channel="sms", phone="+14155552671")
     # the range's conversion sample is counted (or its block found) first; the guard's
-    # caps and range velocity and the suppression list ride in the issue script; the task
-    # record and its stream entry are the next script; the audit record (otp_issued) is the
-    # last, written by the trail's writer once the request is answered
-    assert answered == [1]
-    assert [c.split()[0] for c in trips] == ["EVALSHA", "EVALSHA", "EVALSHA", "EVALSHA"]
-    assert ":conv:{sms}:" in trips[0]
-    trips = trips[1:]
-    assert ":supp:{s:" in trips[0] and ":otp:{u:u1}:" in trips[0]
-    enqueue = hashlib.sha1(
-        load_script("task_enqueue", shebang=True).encode(), usedforsecurity=False
-    ).hexdigest()
-    assert enqueue in trips[1]
-    assert "audit:{u:u1}" in trips[2]
+    # caps and range velocity ride in the issue script with everything else
+    assert [c.split()[0] for c in trips] == ["EVALSHA", "EVALSHA", "EVALSHA"]
+    conversion, issue, audit = trips
+    assert ":conv:{sms}:" in conversion
+    assert ":otp:{u:u1}:" in issue and ":task:{q:" in issue and ":rl:{" in issue
+    assert "audit:{u:u1}" in audit
 
 
 async def test_an_audit_record_is_one_evalsha_into_the_users_stream_with_a_ttl(
@@ -235,3 +247,53 @@ async def test_more_concurrent_operations_than_connections_wait_for_a_turn(
             *(store.issue_otp(f"p{i}", otp_record(now), [], now) for i in range(100))
         )
     assert results == [None] * 100
+
+
+def _queued(task_id: str, now: float, max_backlog: int) -> QueuedTask:
+    record = TaskRecord(
+        task_id=task_id,
+        channel=Channel.EMAIL,
+        status=TaskStatus.QUEUED,
+        tag="otp_code",
+        created_at=now,
+        updated_at=now,
+        otp_id="otp_q",
+    )
+    return QueuedTask(
+        record, {"body": "k1.sealed", "recipient": "a***@example.com"}, 600, max_backlog
+    )
+
+
+def _code(now: float) -> OtpRecord:
+    return OtpRecord("otp_q", "h" * 64, "email", "login", now, now + 600, 3)
+
+
+async def test_an_issue_records_and_queues_its_tasks_in_the_same_script(
+    rstore: RedisStore, clock: FakeClock
+) -> None:
+    now = clock.time()
+    lim = Limit("user_hour", Bucket.user("u1", "otp"), 5, 3600)
+    tasks = [_queued("tsk_a", now, 10), _queued("tsk_b", now, 10)]
+    assert await rstore.issue_otp("u1", _code(now), [lim], now, enqueue=tasks) is None
+    for task_id in ("tsk_a", "tsk_b"):
+        record = await rstore.get_task(task_id)
+        assert record is not None and record.status is TaskStatus.QUEUED
+        assert record.otp_id == "otp_q"
+        ready = rstore.layout.ready(rstore.layout.partition(task_id))
+        entries = await rstore.redis.xrange(ready) or []
+        assert {"t": task_id} in [fields for _, fields in entries]
+        assert await rstore.redis.ttl(rstore.layout.task(task_id)) > 0
+    assert (await rstore.verify_otp("u1", "login", "h" * 64, now)).result.verified
+
+
+async def test_a_full_partition_refuses_the_issue_and_writes_nothing(
+    rstore: RedisStore, clock: FakeClock
+) -> None:
+    now = clock.time()
+    lim = Limit("user_hour", Bucket.user("u1", "otp"), 1, 3600)
+    with pytest.raises(UnavailableError, match="full"):
+        await rstore.issue_otp("u1", _code(now), [lim], now, enqueue=[_queued("tsk_c", now, 0)])
+    assert await rstore.get_task("tsk_c") is None
+    assert (await rstore.verify_otp("u1", "login", "h" * 64, now)).otp_id == ""
+    # the limit's one hit is still there to take
+    assert await rstore.issue_otp("u1", _code(now), [lim], now) is None

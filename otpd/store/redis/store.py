@@ -38,6 +38,7 @@ from otpd.store.base import (
     Limit,
     LimitExceeded,
     OtpRecord,
+    QueuedTask,
     SmsBlock,
     Suppressed,
     Suppression,
@@ -510,9 +511,23 @@ class RedisStore:
         now: float,
         *,
         unless_suppressed: Sequence[str] = (),
+        enqueue: Sequence[QueuedTask] = (),
     ) -> LimitExceeded | Suppressed | None:
         fields = {**dataclasses.asdict(record), "tracked": int(record.tracked), "attempts": 0}
         key = self.layout.otp(user_id, record.purpose)
+        if enqueue:
+            if self.cluster:
+                raise ValueError("a cluster records a code and its tasks on separate slots")
+            return await self._put_limited_here(
+                key,
+                fields,
+                record.otp_id,
+                record.expires_at,
+                limits,
+                now,
+                unless_suppressed,
+                enqueue,
+            )
         if unless_suppressed and self.cluster:
             # the suppressions are on other slots than the code: read first
             found = await self.suppressions(unless_suppressed)
@@ -622,19 +637,48 @@ class RedisStore:
         limits: Sequence[Limit],
         now: float,
         unless_suppressed: Sequence[str] = (),
+        enqueue: Sequence[QueuedTask] = (),
     ) -> LimitExceeded | Suppressed | None:
         limit_keys, limit_args = self._limit_args(limits)
         flat: list[Any] = [part for item in fields.items() for part in item]
         ttl = max(1, _ms(expires_at - now))
         suppressed = [self.layout.suppression(h) for h in unless_suppressed]
+        task_keys: list[str] = []
+        task_args: list[Any] = []
+        for task in enqueue:
+            task_id = task.record.task_id
+            task_keys += [
+                self.layout.task(task_id),
+                self.layout.ready(self.layout.partition(task_id)),
+            ]
+            pairs = [
+                part for item in {**task_fields(task.record), **task.extra}.items() for part in item
+            ]
+            task_args += [task_id, task.ttl, task.max_backlog, len(pairs), *pairs]
         reply = await self.script(
             "put_limited",
-            [key, *limit_keys, *suppressed],
-            [_ms(now), ttl, member, len(limits), *limit_args, len(suppressed), *flat],
+            [key, *limit_keys, *suppressed, *task_keys],
+            [
+                _ms(now),
+                ttl,
+                member,
+                len(limits),
+                *limit_args,
+                len(suppressed),
+                len(enqueue),
+                *task_args,
+                *flat,
+            ],
         )
-        if int(reply[0]) == 2:
+        outcome = int(reply[0])
+        if outcome == 2:
             return Suppressed(int(reply[1]) - 1)
+        if outcome == 3:
+            raise UnavailableError("the delivery queue is full")
         return self._refusal(limits, reply)
+
+    def queues_with_codes(self) -> bool:
+        return not self.cluster
 
     async def verify_otp(
         self, user_id: str, purpose: str, code_hash: str, now: float

@@ -1,15 +1,21 @@
 -- Replace the hash record at KEYS[1] if every limit allows it, counting them; all or nothing.
 -- Issues OTP codes and link tokens alike (a new one supersedes the previous one).
--- Refuses (and counts nothing) when one of the suppression keys exists.
--- KEYS[1] the record; KEYS[2..n+1] limit keys; KEYS[n+2..n+s+1] suppression keys
--- ARGV: now_ms, ttl_ms, member, n, (limit, window_ms, distinct, member) * n, s,
---   (field, value) * m
--- -> {1} stored | {0, limit_index, retry_ms} | {2, suppression_index, 0}
+-- Refuses (and writes nothing) when one of the suppression keys exists, or when the ready
+-- stream of a task to record along with the code is full. Each such task (the durable
+-- queue's, as task_enqueue.lua writes one) is recorded and added to its stream in the
+-- same step: the issue and its deliveries are one round trip.
+-- KEYS[1] the record; KEYS[2..n+1] limit keys; KEYS[n+2..n+s+1] suppression keys;
+--   then (task record, ready stream) * t
+-- ARGV: now_ms, ttl_ms, member, n, (limit, window_ms, distinct, member) * n, s, t,
+--   (task_id, ttl_seconds, max_backlog, f, (field, value) * f/2) * t, (field, value) * m
+-- -> {1, entry_id * t} stored | {0, limit_index, retry_ms} | {2, suppression_index, 0}
+--    | {3, task_index, 0} (its stream is full)
 local now = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local member = ARGV[3]
 local n = tonumber(ARGV[4])
 local s = tonumber(ARGV[5 + 4 * n])
+local t = tonumber(ARGV[6 + 4 * n])
 for j = 1, s do
   if redis.call('EXISTS', KEYS[n + 1 + j]) == 1 then
     return {2, j, 0}
@@ -19,12 +25,36 @@ local refused = check_limits(2, 5, n, now, member)
 if refused then
   return {0, refused[1], refused[2]}
 end
+-- the tasks: where each one's arguments start, and whether its stream has room
+local task_args = {}
+local a = 7 + 4 * n
+for k = 1, t do
+  task_args[k] = a
+  local stream = KEYS[n + s + 2 * k + 1]
+  if redis.call('XLEN', stream) >= tonumber(ARGV[a + 2]) then
+    return {3, k, 0}
+  end
+  a = a + 4 + tonumber(ARGV[a + 3])
+end
 record_hits(2, 5, n, now, member)
 redis.call('DEL', KEYS[1])
 local fields = {}
-for i = 6 + 4 * n, #ARGV do
+for i = a, #ARGV do
   fields[#fields + 1] = ARGV[i]
 end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('PEXPIRE', KEYS[1], ttl)
-return {1}
+local reply = {1}
+for k = 1, t do
+  local b = task_args[k]
+  local record, stream = KEYS[n + s + 2 * k], KEYS[n + s + 2 * k + 1]
+  local task_fields = {}
+  for i = b + 4, b + 3 + tonumber(ARGV[b + 3]) do
+    task_fields[#task_fields + 1] = ARGV[i]
+  end
+  redis.call('DEL', record)
+  redis.call('HSET', record, unpack(task_fields))
+  redis.call('EXPIRE', record, ARGV[b + 1])
+  reply[k + 1] = redis.call('XADD', stream, '*', 't', ARGV[b])
+end
+return reply
