@@ -131,15 +131,6 @@ _VERIFY_REPLY = (  # verify_otp.lua
 _BLOCK_FIELDS = ("reason", "blocked_at", "expires_at", "sent", "verified", "prefix")
 
 
-def _packed_fields(fields: Mapping[str, Any]) -> str:
-    """A hash's fields as one JSON array of strings ``[field, value, ...]`` for a script
-    (one argument instead of two a field); values as redis-py would send them."""
-    flat: list[str] = []
-    for name, value in fields.items():
-        flat += [name, value if isinstance(value, str) else repr(value)]
-    return json.dumps(flat, ensure_ascii=False, separators=(",", ":"))
-
-
 def _reply(names: tuple[str, ...], values: Sequence[Any]) -> dict[str, Any]:
     return dict(zip(names, values, strict=False))
 
@@ -649,16 +640,21 @@ class RedisStore:
         enqueue: Sequence[QueuedTask] = (),
     ) -> LimitExceeded | Suppressed | None:
         limit_keys, limit_args = self._limit_args(limits)
+        flat: list[Any] = [part for item in fields.items() for part in item]
         ttl = max(1, _ms(expires_at - now))
         suppressed = [self.layout.suppression(h) for h in unless_suppressed]
         task_keys: list[str] = []
         task_args: list[Any] = []
         for task in enqueue:
             task_id = task.record.task_id
-            partition = self.layout.partition(task_id)
-            task_keys += [self.layout.task(task_id), self.layout.ready(partition)]
-            packed = _packed_fields({**task_fields(task.record), **task.extra})
-            task_args += [task_id, task.ttl, task.max_backlog, packed]
+            task_keys += [
+                self.layout.task(task_id),
+                self.layout.ready(self.layout.partition(task_id)),
+            ]
+            pairs = [
+                part for item in {**task_fields(task.record), **task.extra}.items() for part in item
+            ]
+            task_args += [task_id, task.ttl, task.max_backlog, len(pairs), *pairs]
         reply = await self.script(
             "put_limited",
             [key, *limit_keys, *suppressed, *task_keys],
@@ -671,7 +667,7 @@ class RedisStore:
                 len(suppressed),
                 len(enqueue),
                 *task_args,
-                _packed_fields(fields),
+                *flat,
             ],
         )
         outcome = int(reply[0])

@@ -7,8 +7,7 @@
 -- KEYS[1] the record; KEYS[2..n+1] limit keys; KEYS[n+2..n+s+1] suppression keys;
 --   then (task record, ready stream) * t
 -- ARGV: now_ms, ttl_ms, member, n, (limit, window_ms, distinct, member) * n, s, t,
---   (task_id, ttl_seconds, max_backlog, its fields) * t, the record's fields; fields are
---   a JSON array [field, value, ...] of strings (one argument: cheap to send)
+--   (task_id, ttl_seconds, max_backlog, f, (field, value) * f/2) * t, (field, value) * m
 -- -> {1, entry_id * t} stored | {0, limit_index, retry_ms} | {2, suppression_index, 0}
 --    | {3, task_index, 0} (its stream is full)
 local now = tonumber(ARGV[1])
@@ -35,18 +34,26 @@ for k = 1, t do
   if redis.call('XLEN', stream) >= tonumber(ARGV[a + 2]) then
     return {3, k, 0}
   end
-  a = a + 4
+  a = a + 4 + tonumber(ARGV[a + 3])
 end
 record_hits(2, 5, n, now, member)
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(cjson.decode(ARGV[a])))
+local fields = {}
+for i = a, #ARGV do
+  fields[#fields + 1] = ARGV[i]
+end
+redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('PEXPIRE', KEYS[1], ttl)
 local reply = {1}
 for k = 1, t do
   local b = task_args[k]
   local record, stream = KEYS[n + s + 2 * k], KEYS[n + s + 2 * k + 1]
+  local task_fields = {}
+  for i = b + 4, b + 3 + tonumber(ARGV[b + 3]) do
+    task_fields[#task_fields + 1] = ARGV[i]
+  end
   redis.call('DEL', record)
-  redis.call('HSET', record, unpack(cjson.decode(ARGV[b + 3])))
+  redis.call('HSET', record, unpack(task_fields))
   redis.call('EXPIRE', record, ARGV[b + 1])
   reply[k + 1] = redis.call('XADD', stream, '*', 't', ARGV[b])
 end
