@@ -73,7 +73,8 @@ class SuppressionCheck(Protocol):
 
 
 class FailureHook(Protocol):
-    """Told of every task that ends ``failed`` (a code's channel fallback)."""
+    """Told of a task that ended ``failed``, or that a provider reported ``undelivered`` or
+    ``bounced`` (a code's channel fallback)."""
 
     async def task_failed(self, record: TaskRecord) -> None:
         """React to ``record`` having failed for good; never raises."""

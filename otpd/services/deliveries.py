@@ -20,6 +20,7 @@ from typing import Protocol
 import structlog
 
 from otpd.crypto import Hasher
+from otpd.dispatch.dispatcher import FailureHook
 from otpd.errors import ValidationError
 from otpd.metrics import Metrics
 from otpd.models import TaskRecord, TaskStatus
@@ -54,12 +55,6 @@ class Suppressor(Protocol):
         """Suppress ``address``; ValidationError when it is not an address."""
 
 
-class FailedTaskHook(Protocol):
-    """Told of a task a report marked ``undelivered`` or ``bounced`` (channel fallback)."""
-
-    async def task_failed(self, record: TaskRecord) -> None: ...
-
-
 _FAILED = frozenset({TaskStatus.UNDELIVERED, TaskStatus.BOUNCED})
 
 
@@ -85,7 +80,8 @@ class DeliveryReports:
         self.audit = audit
         self.ttl = ttl
         self.suppressions = suppressions
-        self.failures: FailedTaskHook | None = None
+        # told of a task a report marked undelivered or bounced (channel fallback)
+        self.failures: FailureHook | None = None
 
     def _ref(self, provider: str, message_id: str) -> str:
         return self.hasher.digest("provider-message", provider, message_id)

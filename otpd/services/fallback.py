@@ -18,6 +18,7 @@ from typing import Protocol
 import structlog
 
 from otpd.clock import Clock
+from otpd.dispatch.dispatcher import new_task_id
 from otpd.errors import SmsBlockedError, UnavailableError, ValidationError
 from otpd.metrics import Metrics
 from otpd.models import Channel, Delivery, Message, TaskRecord
@@ -112,8 +113,6 @@ class ChannelFallback:
         that is due. Never raises (a fallback that cannot go is logged and audited)."""
         if not record.otp_id or self.dispatcher is None:
             return
-        from otpd.dispatch.dispatcher import new_task_id  # the dispatcher's id format
-
         otp_id = record.otp_id
         task_id = new_task_id()
         try:

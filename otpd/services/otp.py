@@ -27,7 +27,7 @@ from otpd.models import (
 )
 from otpd.services.deps import ServiceDeps
 from otpd.services.fallback import ChannelFallback
-from otpd.services.sms_guard import SmsGuard
+from otpd.services.sms_guard import Charge, Sample, SmsGuard
 from otpd.store import OtpRecord
 from otpd.store.base import Suppressed
 from otpd.validation import (
@@ -205,6 +205,8 @@ class OtpService:
         # and its deliveries) unless a fallback's trail must be written between the two.
         prepared = [] if spare is not None else [self.dispatcher.prepare(m) for m in messages]
         riding = [p for p in prepared if p is not None]
+        if len(riding) != len(messages):
+            riding = []  # all of them or none: the rest is queued after the issue
         try:
             refused = await self.store.issue_otp(
                 user_id,
@@ -215,17 +217,10 @@ class OtpService:
                 enqueue=[p.queued for p in riding],
             )
         except UnavailableError:
-            # nothing was sent: what the SMS guard counted for it is taken back
-            if charge is not None:
-                await self.sms_guard.refund(charge)
-            if sample is not None:
-                await self.sms_guard.uncount(sample)
+            await self._take_back(charge, sample)
             raise
         if refused is not None:
-            if charge is not None:
-                await self.sms_guard.refund(charge)
-            if sample is not None:
-                await self.sms_guard.uncount(sample)
+            await self._take_back(charge, sample)
             if isinstance(refused, Suppressed):
                 raise RecipientSuppressedError(suppressed_fields[refused.index])
             policy.record_refusal(messages, refused)
@@ -246,8 +241,9 @@ class OtpService:
         deliveries = [
             Delivery(p.job.message.channel, self.dispatcher.accepted(p).task_id) for p in riding
         ]
-        # what the issue script did not queue (the in-process queue, a fallback store)
-        unqueued = [m for i, m in enumerate(messages) if i >= len(prepared) or prepared[i] is None]
+        # what the issue script did not queue (the in-process queue, a fallback store, a
+        # code with a fallback)
+        unqueued = [] if riding else messages
         first_task_id = None
         if spare is not None:
             # the trail first: the first task may fail as soon as it is queued
@@ -271,6 +267,13 @@ class OtpService:
             task_id=[d.task_id for d in deliveries],
         )
         return OtpIssued(record.otp_id, record.expires_at, tuple(deliveries))
+
+    async def _take_back(self, charge: Charge | None, sample: Sample | None) -> None:
+        """Give back what the SMS guard counted for a code that is not sent after all."""
+        if charge is not None:
+            await self.sms_guard.refund(charge)
+        if sample is not None:
+            await self.sms_guard.uncount(sample)
 
     def _fallback_channel(
         self, channel: OtpChannel, fallback: OtpChannel | str | None
