@@ -60,6 +60,7 @@ from otpd.store.redis.errors import (
     failure_reason,
     masked_url,
 )
+from otpd.store.redis.pool import LeanPool, LeanSentinelPool
 from otpd.store.reports import PARKED_MAX, ReportOutcome, TaskReport
 from otpd.store.trails import OtpTrail, TrailDelivery, dump_deliveries, load_deliveries
 
@@ -341,11 +342,10 @@ class RedisStore:
                 password=url.password,
                 ssl=url.scheme == "rediss",
                 max_connections=cfg.max_connections,
+                connection_pool_class=LeanSentinelPool,
             )
             return cast(aioredis.Redis, client)
-        pool = aioredis.ConnectionPool.from_url(
-            cfg.redis_url, max_connections=cfg.max_connections, **common
-        )
+        pool = LeanPool.from_url(cfg.redis_url, max_connections=cfg.max_connections, **common)
         return aioredis.Redis(connection_pool=pool)
 
     async def _follow_master(self) -> None:

@@ -1,0 +1,64 @@
+"""redis-py's connection pools without their per-call overhead.
+
+On every command redis-py 8's pool takes its lock, runs four observability hooks, an
+event dispatch and a probe read under a zero timeout (``can_read``, to catch a connection
+given back with a reply still unread): together about as much client CPU as the command's
+whole round trip on otpd's hot paths. These pools hand out and take back connections in
+plain list operations (nothing awaits between taking one and marking it in use, and the
+event loop is the only thread).
+
+What the probe guarded against cannot happen here: redis-py closes a connection whose
+command failed, timed out or was cancelled while it was sent or read (``disconnect`` in
+``send_packed_command`` and ``read_response``), and a closed one is connected again when
+it is next handed out. A connection to a primary the sentinels no longer name is closed
+when it is given back, so that no write goes to a demoted primary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.sentinel import SentinelConnectionPool
+
+__all__ = ["LeanPool", "LeanSentinelPool"]
+
+
+class _Lean(ConnectionPool):
+    async def get_connection(
+        self, command_name: str | None = None, *keys: Any, **options: Any
+    ) -> AbstractConnection:
+        conn: AbstractConnection = self.get_available_connection()  # type: ignore[no-untyped-call]
+        if not conn.is_connected:
+            try:
+                await conn.connect()  # type: ignore[no-untyped-call]
+            except BaseException:
+                await self.release(conn)
+                raise
+        return conn
+
+    async def release(self, connection: AbstractConnection) -> None:
+        try:
+            stale = connection.should_reconnect()  # type: ignore[no-untyped-call]
+            if stale or not self._current(connection):
+                await connection.disconnect(nowait=True)
+        finally:
+            self._in_use_connections.remove(connection)
+            self._available_connections.append(connection)
+
+    def _current(self, connection: AbstractConnection) -> bool:
+        return True
+
+
+class LeanPool(_Lean):
+    """A :class:`~redis.asyncio.ConnectionPool` for one server."""
+
+
+class LeanSentinelPool(_Lean, SentinelConnectionPool):
+    """A :class:`~redis.asyncio.sentinel.SentinelConnectionPool` (the primary of a
+    sentinel-watched service)."""
+
+    def _current(self, connection: AbstractConnection) -> bool:
+        master = self.master_address
+        host, port = getattr(connection, "host", None), getattr(connection, "port", None)
+        return master is None or master == (host, port)
