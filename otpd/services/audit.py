@@ -26,7 +26,7 @@ from otpd.config import AuditConfig
 from otpd.errors import ValidationError
 from otpd.redaction import SECRET_KEYS, mask_email, mask_phone
 from otpd.store import Store
-from otpd.store.base import AUDIT_MAX_LIMIT, AuditEntry, AuditPage, parse_audit_id
+from otpd.store.base import AUDIT_MAX_LIMIT, AuditDraft, AuditEntry, AuditPage, parse_audit_id
 from otpd.validation import check_user_id
 
 __all__ = ["AUDIT_EVENTS", "AuditTrail", "mask_recipient", "parse_rfc3339"]
@@ -192,7 +192,45 @@ class AuditTrail:
         store. ``recipient`` is the address or addresses in clear: masked here, once for
         every caller. Never raises for the store."""
         now = self.clock.time()
-        record: dict[str, str] = {"event": event, "at": rfc3339(now)}
+        record = self._record(now, recipient, fields)
+        record["event"] = event
+        self.logged(event, log_as=log_as, masked=record.get("recipient"), **fields)
+        if not self.config.enabled:
+            return
+        user_id = fields.get("user_id") or None
+        entry: AuditEntry = (record, str(user_id) if user_id else None, now)
+        if self._writer is None or self._writer.done():
+            await self._keep([entry])
+            return
+        self._pending.append(entry)
+        self._idle.clear()
+        self._wake.set()
+
+    def draft(self, user_id: str, **fields: Any) -> AuditDraft | None:
+        """The record of an event whose outcome the store decides and keeps with it (a
+        verify: ``Store.verify_otp(audit=...)``), holding ``user_id`` and ``fields``;
+        None when the trail keeps nothing. Its log line is :meth:`logged`, once the
+        outcome is known."""
+        if not self.config.enabled:
+            return None
+        now = self.clock.time()
+        record = self._record(now, None, {"user_id": user_id, **fields})
+        return AuditDraft(record, user_id, now, self.config.retention_ms)
+
+    def logged(
+        self, event: str, *, log_as: str | None = None, masked: str | None = None, **fields: Any
+    ) -> None:
+        """The ``audit.<log_as or event>`` line alone (the record is kept elsewhere), with
+        ``masked`` as its recipient."""
+        logged = {k: v for k, v in fields.items() if k not in SECRET_KEYS}
+        if masked:
+            logged["recipient"] = masked
+        log.info(f"audit.{log_as or event}", **logged)
+
+    def _record(
+        self, now: float, recipient: str | Sequence[str] | None, fields: dict[str, Any]
+    ) -> dict[str, str]:
+        record: dict[str, str] = {"at": rfc3339(now)}
         if "api_client" not in fields:
             client = structlog.contextvars.get_contextvars().get("client")
             if client:
@@ -204,20 +242,7 @@ class AuditTrail:
             if value is None or value == "" or key in SECRET_KEYS:
                 continue
             record[key] = _text(value)
-        logged = {k: v for k, v in fields.items() if k not in SECRET_KEYS}
-        if "recipient" in record:
-            logged["recipient"] = record["recipient"]
-        log.info(f"audit.{log_as or event}", **logged)
-        if not self.config.enabled:
-            return
-        user_id = fields.get("user_id") or None
-        entry: AuditEntry = (record, str(user_id) if user_id else None, now)
-        if self._writer is None or self._writer.done():
-            await self._keep([entry])
-            return
-        self._pending.append(entry)
-        self._idle.clear()
-        self._wake.set()
+        return record
 
     async def _keep(self, entries: list[AuditEntry]) -> None:
         """Write ``entries`` to the store; a failure is reported, never raised."""

@@ -406,8 +406,14 @@ class OtpService:
         client_ip = check_client_ip(client_ip)
         user_agent = check_user_agent(user_agent)
         check_code(code)
+        audit = self.deps.audit
+        who = {"purpose": purpose, "client_ip": client_ip, "user_agent": user_agent}
         outcome = await self.store.verify_otp(
-            user_id, purpose, self._code_hash(user_id, purpose, code), self.clock.time()
+            user_id,
+            purpose,
+            self._code_hash(user_id, purpose, code),
+            self.clock.time(),
+            audit.draft(user_id, **who),  # kept with the outcome, in the same step
         )
         result = outcome.result
         if result.verified and outcome.range_hash:
@@ -416,18 +422,16 @@ class OtpService:
             await self.fallback.verified(outcome.otp_id)
         label = "verified" if result.verified else str(result.reason)
         self.metrics.otp_verified.labels(label).inc()
-        await self.deps.audit.record(
+        audit.logged(
             "otp_verified" if result.verified else "otp_failed",
             log_as="otp_verified" if result.verified else "otp_rejected",
             otp_id=outcome.otp_id or None,
             user_id=user_id,
-            purpose=purpose,
             channel=outcome.channel or None,
             result=label,
             reason=None if result.verified else label,
             attempts_left=result.attempts_left,
-            client_ip=client_ip,
-            user_agent=user_agent,
+            **who,
         )
         return result
 

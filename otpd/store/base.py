@@ -23,6 +23,7 @@ __all__ = [
     "AUDIT_MAX_LIMIT",
     "TOKEN_FIELDS",
     "TOTP_FIELDS",
+    "AuditDraft",
     "AuditEntry",
     "AuditPage",
     "Bucket",
@@ -48,6 +49,7 @@ __all__ = [
     "audit_bounds",
     "audit_id",
     "parse_audit_id",
+    "verify_audit_fields",
 ]
 
 
@@ -313,6 +315,37 @@ AuditPage = tuple[list[dict[str, str]], str | None]
 AuditEntry = tuple[dict[str, str], str | None, float]
 """One record to keep: the record, its user (``None``: no user), and when it happened."""
 
+
+@dataclass(frozen=True, slots=True)
+class AuditDraft:
+    """The audit record of an operation whose outcome the store decides (a verify): what
+    is known before it (who, from where, when) in ``record``, kept for ``retention_ms``
+    under ``user_id``. The store adds the outcome's fields and keeps the record in the
+    same step as the operation: one round trip, and never an outcome without its record."""
+
+    record: dict[str, str]
+    user_id: str
+    now: float
+    retention_ms: int
+
+
+def verify_audit_fields(outcome: VerifyOutcome) -> dict[str, str]:
+    """What the outcome of a verify adds to its audit record (verify_otp.lua adds the
+    same, and the store contract tests hold every backend to it)."""
+    result = outcome.result
+    fields = {"event": "otp_verified" if result.verified else "otp_failed"}
+    if outcome.otp_id:
+        fields["otp_id"] = outcome.otp_id
+    if outcome.channel:
+        fields["channel"] = outcome.channel
+    label = "verified" if result.verified else str(result.reason)
+    fields["result"] = label
+    if not result.verified:
+        fields["reason"] = label
+    fields["attempts_left"] = str(result.attempts_left)
+    return fields
+
+
 _AUDIT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 _U64 = (1 << 64) - 1
 
@@ -383,9 +416,15 @@ class Store(Protocol):
         """Whether :meth:`issue_otp` takes ``enqueue`` (one Redis, not a cluster)."""
 
     async def verify_otp(
-        self, user_id: str, purpose: str, code_hash: str, now: float
+        self,
+        user_id: str,
+        purpose: str,
+        code_hash: str,
+        now: float,
+        audit: AuditDraft | None = None,
     ) -> VerifyOutcome:
-        """Compare in constant time, count a failed attempt, consume on success."""
+        """Compare in constant time, count a failed attempt, consume on success; keep
+        ``audit`` with :func:`verify_audit_fields` of the outcome in the same step."""
 
     async def issue_token(
         self, owner_ref: str, record: TokenRecord, limits: Sequence[Limit], now: float

@@ -32,6 +32,7 @@ from otpd.errors import StoreDegradedError, UnavailableError
 from otpd.metrics import Metrics
 from otpd.models import TaskRecord
 from otpd.store.base import (
+    AuditDraft,
     AuditEntry,
     AuditPage,
     Claim,
@@ -278,14 +279,19 @@ class FallbackStore:
         return False  # a task accepted while degraded is kept locally, apart from its code
 
     async def verify_otp(
-        self, user_id: str, purpose: str, code_hash: str, now: float
+        self,
+        user_id: str,
+        purpose: str,
+        code_hash: str,
+        now: float,
+        audit: AuditDraft | None = None,
     ) -> VerifyOutcome:
         if self._held(("otp", user_id, purpose), now):
-            return await self.local.verify_otp(user_id, purpose, code_hash, now)
+            return await self.local.verify_otp(user_id, purpose, code_hash, now, audit)
         return await self._either(
             "verify_otp",
-            lambda: self.primary.verify_otp(user_id, purpose, code_hash, now),
-            lambda: self.local.verify_otp(user_id, purpose, code_hash, now),
+            lambda: self.primary.verify_otp(user_id, purpose, code_hash, now, audit),
+            lambda: self.local.verify_otp(user_id, purpose, code_hash, now, audit),
         )
 
     async def issue_token(

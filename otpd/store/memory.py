@@ -25,6 +25,7 @@ from otpd.clock import Clock, SystemClock
 from otpd.errors import UnavailableError
 from otpd.models import TaskRecord, TaskStatus, VerifyReason, VerifyResult
 from otpd.store.base import (
+    AuditDraft,
     AuditEntry,
     AuditPage,
     Claim,
@@ -46,6 +47,7 @@ from otpd.store.base import (
     audit_bounds,
     audit_id,
     parse_audit_id,
+    verify_audit_fields,
 )
 from otpd.store.keys import KeyLayout
 from otpd.store.reports import PARKED_MAX, ReportOutcome, TaskReport
@@ -339,7 +341,12 @@ class MemoryStore:
         return False
 
     async def verify_otp(
-        self, user_id: str, purpose: str, code_hash: str, now: float
+        self,
+        user_id: str,
+        purpose: str,
+        code_hash: str,
+        now: float,
+        audit: AuditDraft | None = None,
     ) -> VerifyOutcome:
         key = self._keys.otp(user_id, purpose)
         code = self._get(key, _Code, now)
@@ -359,6 +366,9 @@ class MemoryStore:
             outcome = VerifyOutcome(
                 result, code.otp_id, code.channel, code.range_hash, code.created_at, code.tracked
             )
+        if audit is not None:
+            record = {**audit.record, **verify_audit_fields(outcome)}
+            await self.append_audit(record, audit.user_id, audit.retention_ms, audit.now)
         self._done(now)
         return outcome
 

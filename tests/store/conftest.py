@@ -29,6 +29,7 @@ from otpd.store import (
     register_backend,
 )
 from otpd.store.base import (
+    AuditDraft,
     ConversionRule,
     QueuedTask,
     SmsBlock,
@@ -88,10 +89,15 @@ class WrappedStore:
         return self.inner.queues_with_codes()
 
     async def verify_otp(
-        self, user_id: str, purpose: str, code_hash: str, now: float
+        self,
+        user_id: str,
+        purpose: str,
+        code_hash: str,
+        now: float,
+        audit: AuditDraft | None = None,
     ) -> VerifyOutcome:
         self.calls += 1
-        return await self.inner.verify_otp(user_id, purpose, code_hash, now)
+        return await self.inner.verify_otp(user_id, purpose, code_hash, now, audit)
 
     async def issue_token(
         self, owner_ref: str, record: TokenRecord, limits: Sequence[Limit], now: float

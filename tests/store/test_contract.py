@@ -12,6 +12,7 @@ from otpd.clock import FakeClock
 from otpd.errors import UnavailableError
 from otpd.models import Channel, Message, TaskRecord, TaskStatus, VerifyReason
 from otpd.store.base import (
+    AuditDraft,
     Bucket,
     Claim,
     ClaimState,
@@ -21,6 +22,8 @@ from otpd.store.base import (
     Store,
     Suppressed,
     Suppression,
+    VerifyOutcome,
+    verify_audit_fields,
 )
 from otpd.store.memory import MemoryStore
 from otpd.store.reports import PARKED_MAX, ReportOutcome, TaskReport
@@ -71,6 +74,46 @@ async def test_wrong_codes_count_down_then_even_the_right_code_is_refused(
     dead = await store.verify_otp("u1", "login", "h" * 64, clock.time())
     assert dead.result.reason is VerifyReason.TOO_MANY_ATTEMPTS
     assert not dead.result.verified
+
+
+async def test_a_verify_keeps_its_audit_record_with_the_outcome_in_the_same_step(
+    store: Store, clock: FakeClock
+) -> None:
+    """Every outcome (verified, a wrong code, too many attempts, no code) is kept with the
+    fields verify_audit_fields names, on top of what the caller knew before."""
+    now = clock.time()
+    await store.issue_otp("u1", record(now, max_attempts=1), [], now)
+    await store.issue_otp("u2", record(now), [], now)
+
+    async def verify(user: str, code_hash: str) -> VerifyOutcome:
+        draft = AuditDraft(
+            {"at": "t", "user_id": user, "client_ip": "203.0.113.9"}, user, now, 60_000
+        )
+        return await store.verify_otp(user, "login", code_hash, now, draft)
+
+    outcomes = [
+        ("u1", await verify("u1", "x" * 64)),  # wrong: the last attempt
+        ("u1", await verify("u1", "h" * 64)),  # too many attempts, the right code or not
+        ("u2", await verify("u2", "h" * 64)),  # verified
+        ("u2", await verify("u2", "h" * 64)),  # consumed: no active code
+    ]
+    reasons = [o.result.reason for _, o in outcomes]
+    assert reasons == [
+        VerifyReason.INVALID_CODE,
+        VerifyReason.TOO_MANY_ATTEMPTS,
+        None,
+        VerifyReason.NO_ACTIVE_CODE,
+    ]
+    for user in ("u1", "u2"):
+        kept, _ = await store.audit_events(user, None, None, None, 10, None)
+        mine = [o for u, o in outcomes if u == user]
+        assert [{k: v for k, v in e.items() if k != "id"} for e in reversed(kept)] == [
+            {"at": "t", "user_id": user, "client_ip": "203.0.113.9", **verify_audit_fields(o)}
+            for o in mine
+        ]
+    assert verify_audit_fields(outcomes[2][1])["event"] == "otp_verified"
+    assert verify_audit_fields(outcomes[0][1])["attempts_left"] == "0"
+    assert verify_audit_fields(outcomes[3][1]).get("otp_id") is None  # nothing was found
 
 
 async def test_expired_code_is_no_active_code(store: Store, clock: FakeClock) -> None:

@@ -31,6 +31,7 @@ from otpd.store.base import (
     AUDIT_GLOBAL_CAP,
     TOKEN_FIELDS,
     TOTP_FIELDS,
+    AuditDraft,
     AuditEntry,
     AuditPage,
     Claim,
@@ -681,11 +682,24 @@ class RedisStore:
         return not self.cluster
 
     async def verify_otp(
-        self, user_id: str, purpose: str, code_hash: str, now: float
+        self,
+        user_id: str,
+        purpose: str,
+        code_hash: str,
+        now: float,
+        audit: AuditDraft | None = None,
     ) -> VerifyOutcome:
         # expires_at is stored in seconds; compare in the same unit
-        key = self.layout.otp(user_id, purpose)
-        reply = _reply(_VERIFY_REPLY, await self.script("verify_otp", [key], [code_hash, now]))
+        keys = [self.layout.otp(user_id, purpose)]
+        args: list[Any] = [code_hash, now]
+        if audit is not None:
+            # the user's stream shares the code's hash tag: one slot, on a cluster too
+            stream, (now_ms, _, threshold, _, ttl_ms, fields) = self._audit_args(
+                audit.record, audit.user_id, audit.retention_ms, audit.now
+            )
+            keys.append(stream)
+            args += [now_ms, threshold, ttl_ms, fields]
+        reply = _reply(_VERIFY_REPLY, await self.script("verify_otp", keys, args))
         ids = (
             reply["otp_id"],
             reply["channel"],

@@ -68,3 +68,28 @@ local function capped_add(key, amount, cap, ttl)
   redis.call('EXPIRE', key, ttl)
   return {1, tostring(total)}
 end
+
+-- Append one audit record (fields: a flat array field, value, ...) to the stream at key:
+-- id "<now_ms>-*", or past the stream's newest entry when that is at or after now_ms (a
+-- clock step, another daemon: XADD refuses an id that goes back); trimmed by trim (MINID
+-- or MAXLEN) at threshold (exactness "=" or "~"), kept for ttl_ms. -> the new entry's id
+local function audit_add(key, now_ms, trim, exact, threshold, ttl_ms, fields)
+  local added = redis.pcall('XADD', key, trim, exact, threshold, now_ms .. '-*', unpack(fields))
+  if type(added) == 'table' and added.err then
+    local id = now_ms .. '-0'
+    local top = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+    if top[1] then
+      local top_ms, seq = string.match(top[1][1], '^(%d+)-(%d+)$')
+      if tonumber(top_ms) >= tonumber(now_ms) then
+        id = top_ms .. '-' .. tostring(tonumber(seq) + 1)
+      end
+    end
+    added = redis.call('XADD', key, trim, exact, threshold, id, unpack(fields))
+  end
+  if trim == 'MAXLEN' then
+    -- the capped stream (events of no user) keeps the retention too
+    redis.call('XTRIM', key, 'MINID', tonumber(now_ms) - tonumber(ttl_ms))
+  end
+  redis.call('PEXPIRE', key, ttl_ms)
+  return added
+end

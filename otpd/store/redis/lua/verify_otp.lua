@@ -1,15 +1,36 @@
--- KEYS[1] code hash; ARGV: code_hash, now (seconds, like expires_at)
+-- KEYS[1] code hash, KEYS[2] (optional) the user's audit stream
+-- ARGV: code_hash, now (seconds, like expires_at); with KEYS[2]: now_ms, the MINID of the
+-- retention, ttl_ms, the audit record's fields known before (a JSON array field, value, ...)
 -- -> {reason, attempts_left, otp_id, channel, range_hash, created_at, tracked}; reason "ok"
--- consumes the code
+-- consumes the code. With KEYS[2] the verify's audit record is kept with the outcome's
+-- fields, as otpd.store.base.verify_audit_fields names them.
 local rec = redis.call('HMGET', KEYS[1], 'code_hash', 'expires_at', 'attempts', 'max_attempts',
   'otp_id', 'channel', 'range_hash', 'created_at', 'tracked')
-if not rec[1] then
-  return {'no_active_code', 0, '', '', '', '0', '0'}
+local found = {'', '', '', '0', '0'}
+if rec[1] then
+  -- what the code was issued with (codes stored before these fields existed have none)
+  found = {rec[5] or '', rec[6] or '', rec[7] or '', rec[8] or '0', rec[9] or '0'}
 end
--- what the code was issued with (codes stored before these fields existed have none)
-local found = {rec[5], rec[6], rec[7] or '', rec[8] or '0', rec[9] or '0'}
 local function reply(reason, left)
+  if KEYS[2] then
+    local ok = reason == 'ok'
+    local fields = cjson.decode(ARGV[6])
+    local function add(name, value)
+      fields[#fields + 1] = name
+      fields[#fields + 1] = value
+    end
+    add('event', ok and 'otp_verified' or 'otp_failed')
+    if found[1] ~= '' then add('otp_id', found[1]) end
+    if found[2] ~= '' then add('channel', found[2]) end
+    add('result', ok and 'verified' or reason)
+    if not ok then add('reason', reason) end
+    add('attempts_left', tostring(ok and 0 or left))
+    audit_add(KEYS[2], ARGV[3], 'MINID', '=', ARGV[4], ARGV[5], fields)
+  end
   return {reason, left, unpack(found)}
+end
+if not rec[1] then
+  return reply('no_active_code', 0)
 end
 local now = tonumber(ARGV[2])
 if now >= tonumber(rec[2]) then
