@@ -192,8 +192,7 @@ class AuditTrail:
         store. ``recipient`` is the address or addresses in clear: masked here, once for
         every caller. Never raises for the store."""
         now = self.clock.time()
-        record = self._record(now, recipient, fields)
-        record["event"] = event
+        record = self._record(now, recipient, fields, event)
         self.logged(event, log_as=log_as, masked=record.get("recipient"), **fields)
         if not self.config.enabled:
             return
@@ -214,7 +213,7 @@ class AuditTrail:
         if not self.config.enabled:
             return None
         now = self.clock.time()
-        record = self._record(now, None, {"user_id": user_id, **fields})
+        record = self._record(now, None, {"user_id": user_id, **fields}, None)
         return AuditDraft(record, user_id, now, self.config.retention_ms)
 
     def logged(
@@ -228,9 +227,14 @@ class AuditTrail:
         log.info(f"audit.{log_as or event}", **logged)
 
     def _record(
-        self, now: float, recipient: str | Sequence[str] | None, fields: dict[str, Any]
+        self,
+        now: float,
+        recipient: str | Sequence[str] | None,
+        fields: dict[str, Any],
+        event: str | None,
     ) -> dict[str, str]:
-        record: dict[str, str] = {"at": rfc3339(now)}
+        record: dict[str, str] = {"event": event} if event else {}
+        record["at"] = rfc3339(now)
         if "api_client" not in fields:
             client = structlog.contextvars.get_contextvars().get("client")
             if client:
@@ -291,4 +295,18 @@ class AuditTrail:
         end = parse_rfc3339(until, "until") if until is not None else None
         if start is not None and end is not None and start > end:
             raise ValidationError.field("until", "must not be before since")
-        return await self.store.audit_events(user_id, event, start, end, limit, cursor)
+        events, next_cursor = await self.store.audit_events(
+            user_id, event, start, end, limit, cursor
+        )
+        return [_presented(e) for e in events], next_cursor
+
+
+_LEAD = ("id", "event", "at")
+
+
+def _presented(record: dict[str, str]) -> dict[str, str]:
+    """``record`` with its id, event and time first, whatever order its store kept (a
+    verify's outcome fields are added by the store, after what was known before it)."""
+    shown = {key: record[key] for key in _LEAD if key in record}
+    shown.update(record)
+    return shown

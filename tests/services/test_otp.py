@@ -189,6 +189,20 @@ async def test_no_log_line_contains_the_code(otpd: Otpd) -> None:
     assert any(entry["event"] == "audit.otp_verified" for entry in logs)
 
 
+async def test_every_record_of_the_flow_reads_with_its_id_event_and_time_first(
+    otpd: Otpd,
+) -> None:
+    issued = await otpd.otp.issue(user_id="u1", channel="sms", phone="+14155552671")
+    await wait_sent(otpd, [d.task_id for d in issued.deliveries])
+    code = code_from_sms(outbox_files(otpd.config, ".txt")[0])
+    await otpd.otp.verify(user_id="u1", code="000000" if code != "000000" else "111111")
+    await otpd.otp.verify(user_id="u1", code=code)
+    events, _ = await otpd.audit.events(user_id="u1")
+    # a verify's outcome fields are added by the store, after what was known before it
+    assert {"otp_issued", "otp_failed", "otp_verified"} <= {e["event"] for e in events}
+    assert {tuple(e)[:3] for e in events} == {("id", "event", "at")}
+
+
 @pytest.mark.parametrize("backend", ["memory", "redis"])  # redis: the durable queue too
 async def test_full_cycle_runs_without_threads(make_config: ConfigFactory, backend: str) -> None:
     assert threading.active_count() == 1, [t.name for t in threading.enumerate()]
