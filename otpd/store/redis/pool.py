@@ -12,14 +12,21 @@ command failed, timed out or was cancelled while it was sent or read (``disconne
 ``send_packed_command`` and ``read_response``), and a closed one is connected again when
 it is next handed out. A connection to a primary the sentinels no longer name is closed
 when it is given back, so that no write goes to a demoted primary.
+
+:meth:`~_Lean.run_script` runs one script on one of the pool's connections without the
+client's command machinery (its retry wrapper, its timing and error hooks, its response
+callbacks): the ``EVALSHA`` of every hot path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.exceptions import NoScriptError
+from redis.typing import EncodableT
 
 __all__ = ["LeanPool", "LeanSentinelPool"]
 
@@ -48,6 +55,44 @@ class _Lean(ConnectionPool):
 
     def _current(self, connection: AbstractConnection) -> bool:
         return True
+
+    async def run_script(
+        self, sha: str, source: EncodableT, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        """The reply of ``EVALSHA sha`` on ``keys`` and ``args`` (``EVAL source`` on the
+        same connection when the server does not hold the script: a restart, a failover,
+        a ``SCRIPT FLUSH``). An error reply is raised as redis-py's exception for it.
+
+        Nothing is sent twice: a connection that fails (an idle one the server closed)
+        fails this call, as a command of the client does, and is connected again when
+        next handed out. A script that ran but whose reply was lost must not run again
+        (a verify would count the attempt twice)."""
+        conn = await self.get_connection()
+        try:
+            return await _script_on(conn, sha, source, keys, args)
+        finally:
+            await self.release(conn)
+
+
+async def _script_on(
+    conn: AbstractConnection,
+    sha: str,
+    source: EncodableT,
+    keys: Sequence[str],
+    args: Sequence[Any],
+) -> Any:
+    # a failure or a cancellation while sending or reading closes the connection (redis-py)
+    await conn.send_packed_command(
+        conn.pack_command("EVALSHA", sha, len(keys), *keys, *args), False
+    )
+    try:
+        return await conn.read_response()
+    except NoScriptError:
+        pass
+    await conn.send_packed_command(
+        conn.pack_command("EVAL", source, len(keys), *keys, *args), False
+    )
+    return await conn.read_response()
 
 
 class LeanPool(_Lean):

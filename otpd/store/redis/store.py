@@ -381,6 +381,13 @@ class RedisStore:
                 await client.aclose()
 
     @property
+    def _lean(self) -> LeanPool | LeanSentinelPool | None:
+        """The lean pool of a standalone or sentinel client (its scripts skip the client's
+        command machinery); None for a cluster or a closed store."""
+        pool = getattr(self._redis, "connection_pool", None)  # a cluster client has none
+        return pool if isinstance(pool, LeanPool | LeanSentinelPool) else None
+
+    @property
     def redis(self) -> aioredis.Redis:
         if self._redis is None:
             raise UnavailableError("the store is not open")
@@ -441,6 +448,11 @@ class RedisStore:
             raise UnavailableError("the store is not open")
         if self._acks:
             return await self.call(name, lambda: self._replicated_script(script, keys, args))
+        pool = self._lean
+        if pool is not None:
+            return await self.call(
+                name, lambda: pool.run_script(script.sha, script.script, keys, args)
+            )
         return await self.call(name, lambda: script(keys=list(keys), args=list(args)))
 
     async def _replicated_script(
