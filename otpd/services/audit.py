@@ -205,15 +205,25 @@ class AuditTrail:
         self._idle.clear()
         self._wake.set()
 
-    def draft(self, user_id: str, **fields: Any) -> AuditDraft | None:
-        """The record of an event whose outcome the store decides and keeps with it (a
-        verify: ``Store.verify_otp(audit=...)``), holding ``user_id`` and ``fields``;
-        None when the trail keeps nothing. Its log line is :meth:`logged`, once the
-        outcome is known."""
+    def draft(
+        self,
+        user_id: str,
+        event: str | None = None,
+        /,
+        *,
+        recipient: str | Sequence[str] | None = None,
+        **fields: Any,
+    ) -> AuditDraft | None:
+        """The record of ``user_id``'s event for the store to keep in the step that decides
+        it: a verify, whose outcome the store adds (``Store.verify_otp(audit=...)``), or an
+        issue, whose record is whole (``event``) and kept only if the code is stored
+        (``Store.issue_otp(audit=...)``). ``user_id`` leads the fields unless they name it
+        elsewhere. None when the trail keeps nothing. Its log line is :meth:`logged`."""
         if not self.config.enabled:
             return None
         now = self.clock.time()
-        record = self._record(now, None, {"user_id": user_id, **fields}, None)
+        named = fields if "user_id" in fields else {"user_id": user_id, **fields}
+        record = self._record(now, recipient, named, event)
         return AuditDraft(record, user_id, now, self.config.retention_ms)
 
     def logged(

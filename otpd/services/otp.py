@@ -207,6 +207,27 @@ class OtpService:
         riding = [p for p in prepared if p is not None]
         if len(riding) != len(messages):
             riding = []  # all of them or none: the rest is queued after the issue
+        issued = {
+            "otp_id": record.otp_id,
+            "user_id": user_id,
+            "purpose": purpose,
+            "channel": otp_channel.value,
+            "client_ip": client_ip,
+            "user_agent": user_agent,
+        }
+        addresses = [m.to for m in messages]
+        # with every task riding, the record is whole before the script and kept by it
+        draft = (
+            audit.draft(
+                user_id,
+                "otp_issued",
+                recipient=addresses,
+                **issued,
+                task_id=[p.job.record.task_id for p in riding],
+            )
+            if riding
+            else None
+        )
         try:
             refused = await self.store.issue_otp(
                 user_id,
@@ -215,6 +236,7 @@ class OtpService:
                 now,
                 unless_suppressed=suppressed_hashes,
                 enqueue=[p.queued for p in riding],
+                audit=draft,
             )
         except UnavailableError:
             await self._take_back(charge, sample)
@@ -255,17 +277,13 @@ class OtpService:
             task = await self.dispatcher.enqueue(message, task_id=first_task_id)
             deliveries.append(Delivery(message.channel, task.task_id))
         self.metrics.otp_issued.labels(otp_channel.value).inc()
-        await audit.record(
-            "otp_issued",
-            otp_id=record.otp_id,
-            user_id=user_id,
-            purpose=purpose,
-            channel=otp_channel.value,
-            recipient=[m.to for m in messages],
-            client_ip=client_ip,
-            user_agent=user_agent,
-            task_id=[d.task_id for d in deliveries],
-        )
+        task_ids = [d.task_id for d in deliveries]
+        if draft is not None:  # the store kept the record with the code
+            audit.logged(
+                "otp_issued", masked=draft.record.get("recipient"), **issued, task_id=task_ids
+            )
+        else:
+            await audit.record("otp_issued", recipient=addresses, **issued, task_id=task_ids)
         return OtpIssued(record.otp_id, record.expires_at, tuple(deliveries))
 
     async def _take_back(self, charge: Charge | None, sample: Sample | None) -> None:

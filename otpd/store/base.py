@@ -404,13 +404,16 @@ class Store(Protocol):
         *,
         unless_suppressed: Sequence[str] = (),
         enqueue: Sequence[QueuedTask] = (),
+        audit: AuditDraft | None = None,
     ) -> LimitExceeded | Suppressed | None:
         """Count ``limits``, then replace the code of ``(user_id, record.purpose)``; all or
         nothing. Nothing either when one of ``unless_suppressed`` (keyed hashes of the
         recipients, as :meth:`suppress` keeps them) is suppressed: then :class:`Suppressed`
         names the first one. ``enqueue``: the durable queue's tasks for the code, recorded
         and queued in the same step (only a store that :meth:`queues_with_codes` takes
-        them); UnavailableError, and nothing written, when a partition is full."""
+        them); UnavailableError, and nothing written, when a partition is full. ``audit``:
+        the whole record of the issue, kept in the same step when the code is stored (and
+        only then)."""
 
     def queues_with_codes(self) -> bool:
         """Whether :meth:`issue_otp` takes ``enqueue`` (one Redis, not a cluster)."""

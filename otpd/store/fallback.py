@@ -254,6 +254,7 @@ class FallbackStore:
         *,
         unless_suppressed: Sequence[str] = (),
         enqueue: Sequence[QueuedTask] = (),
+        audit: AuditDraft | None = None,
     ) -> LimitExceeded | Suppressed | None:
         if enqueue:
             raise ValueError("a fallback store records the durable queue's tasks apart")
@@ -261,7 +262,7 @@ class FallbackStore:
         if not self._degraded:
             try:
                 refused = await self.primary.issue_otp(
-                    user_id, record, limits, now, unless_suppressed=unless_suppressed
+                    user_id, record, limits, now, unless_suppressed=unless_suppressed, audit=audit
                 )
             except UnavailableError as exc:
                 self.note_unavailable("issue_otp", exc)
@@ -270,7 +271,7 @@ class FallbackStore:
                     self.local.forget_otp(user_id, record.purpose)  # superseded
                 return refused
         # the local store holds no suppressions (see suppressions below)
-        refused = await self.local.issue_otp(user_id, record, limits, now)
+        refused = await self.local.issue_otp(user_id, record, limits, now, audit=audit)
         if refused is None:
             self._here[key] = record.expires_at
         return refused

@@ -323,6 +323,7 @@ class MemoryStore:
         *,
         unless_suppressed: Sequence[str] = (),
         enqueue: Sequence[QueuedTask] = (),
+        audit: AuditDraft | None = None,
     ) -> LimitExceeded | Suppressed | None:
         if enqueue:
             raise ValueError("the memory store keeps no durable queue")
@@ -334,6 +335,8 @@ class MemoryStore:
         if refused is None:
             key = self._keys.otp(user_id, record.purpose)
             self._set(key, _Code.of(record), record.expires_at)
+            if audit is not None:
+                await self.append_audit(audit.record, audit.user_id, audit.retention_ms, audit.now)
         self._done(now)
         return refused
 

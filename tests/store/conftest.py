@@ -79,10 +79,17 @@ class WrappedStore:
         *,
         unless_suppressed: Sequence[str] = (),
         enqueue: Sequence[QueuedTask] = (),
+        audit: AuditDraft | None = None,
     ) -> LimitExceeded | Suppressed | None:
         self.calls += 1
         return await self.inner.issue_otp(
-            user_id, record, limits, now, unless_suppressed=unless_suppressed, enqueue=enqueue
+            user_id,
+            record,
+            limits,
+            now,
+            unless_suppressed=unless_suppressed,
+            enqueue=enqueue,
+            audit=audit,
         )
 
     def queues_with_codes(self) -> bool:

@@ -116,6 +116,34 @@ async def test_a_verify_keeps_its_audit_record_with_the_outcome_in_the_same_step
     assert verify_audit_fields(outcomes[3][1]).get("otp_id") is None  # nothing was found
 
 
+async def test_an_issue_keeps_its_audit_record_only_when_the_code_is_stored(
+    store: Store, clock: FakeClock
+) -> None:
+    now = clock.time()
+
+    def draft(user: str, otp_id: str) -> AuditDraft:
+        fields = {"event": "otp_issued", "at": "t", "user_id": user, "otp_id": otp_id}
+        return AuditDraft(fields, user, now, 60_000)
+
+    lim = Limit("user_hour", Bucket.user("a1", "otp"), 1, 3600)
+    first = record(now)
+    assert await store.issue_otp("a1", first, [lim], now, audit=draft("a1", first.otp_id)) is None
+    again = record(now)
+    refused = await store.issue_otp("a1", again, [lim], now, audit=draft("a1", again.otp_id))
+    assert isinstance(refused, LimitExceeded)
+    await store.suppress("hash-a2", Suppression("a***@example.com", "bounce", "api", now), 0)
+    blocked = record(now)
+    outcome = await store.issue_otp(
+        "a2", blocked, [], now, unless_suppressed=["hash-a2"], audit=draft("a2", blocked.otp_id)
+    )
+    assert outcome == Suppressed(0)
+    kept, _ = await store.audit_events("a1", None, None, None, 10, None)
+    assert [{k: v for k, v in e.items() if k != "id"} for e in kept] == [
+        {"event": "otp_issued", "at": "t", "user_id": "a1", "otp_id": first.otp_id}
+    ]
+    assert await store.audit_events("a2", None, None, None, 10, None) == ([], None)
+
+
 async def test_expired_code_is_no_active_code(store: Store, clock: FakeClock) -> None:
     await store.issue_otp("u1", record(clock.time(), ttl=60), [], clock.time())
     clock.advance(60)

@@ -525,6 +525,7 @@ class RedisStore:
         *,
         unless_suppressed: Sequence[str] = (),
         enqueue: Sequence[QueuedTask] = (),
+        audit: AuditDraft | None = None,
     ) -> LimitExceeded | Suppressed | None:
         fields = {**dataclasses.asdict(record), "tracked": int(record.tracked), "attempts": 0}
         key = self.layout.otp(user_id, record.purpose)
@@ -540,6 +541,7 @@ class RedisStore:
                 now,
                 unless_suppressed,
                 enqueue,
+                audit,
             )
         if unless_suppressed and self.cluster:
             # the suppressions are on other slots than the code: read first
@@ -549,7 +551,7 @@ class RedisStore:
                 return Suppressed(hit)
             unless_suppressed = ()
         return await self._put_limited(
-            key, fields, record.otp_id, record.expires_at, limits, now, unless_suppressed
+            key, fields, record.otp_id, record.expires_at, limits, now, unless_suppressed, audit
         )
 
     async def _put_limited(
@@ -561,6 +563,7 @@ class RedisStore:
         limits: Sequence[Limit],
         now: float,
         unless_suppressed: Sequence[str] = (),
+        audit: AuditDraft | None = None,
     ) -> LimitExceeded | Suppressed | None:
         """Replace the hash at ``key`` with ``fields`` if every limit allows and none of
         ``unless_suppressed`` is suppressed (not on a cluster: there the caller reads them);
@@ -571,12 +574,14 @@ class RedisStore:
             held, refused = await self._reserve_elsewhere(away, member, now)
             if refused is not None:
                 return refused
-            outcome = await self._put_limited_here(key, fields, member, expires_at, home, now)
+            outcome = await self._put_limited_here(
+                key, fields, member, expires_at, home, now, audit=audit
+            )
             if outcome is not None:
                 await self._release(held, member)
             return outcome
         return await self._put_limited_here(
-            key, fields, member, expires_at, limits, now, unless_suppressed
+            key, fields, member, expires_at, limits, now, unless_suppressed, audit=audit
         )
 
     def _split(
@@ -651,6 +656,7 @@ class RedisStore:
         now: float,
         unless_suppressed: Sequence[str] = (),
         enqueue: Sequence[QueuedTask] = (),
+        audit: AuditDraft | None = None,
     ) -> LimitExceeded | Suppressed | None:
         limit_keys, limit_args = self._limit_args(limits)
         flat: list[Any] = [part for item in fields.items() for part in item]
@@ -668,9 +674,18 @@ class RedisStore:
                 part for item in {**task_fields(task.record), **task.extra}.items() for part in item
             ]
             task_args += [task_id, task.ttl, task.max_backlog, len(pairs), *pairs]
+        audit_keys: list[str] = []
+        audit_args: list[Any] = [0]
+        if audit is not None:
+            # the user's stream shares the code's hash tag: one slot, on a cluster too
+            stream, (now_ms, _, threshold, _, ttl_ms, record) = self._audit_args(
+                audit.record, audit.user_id, audit.retention_ms, audit.now
+            )
+            audit_keys.append(stream)
+            audit_args = [1, now_ms, threshold, ttl_ms, record]
         reply = await self.script(
             "put_limited",
-            [key, *limit_keys, *suppressed, *task_keys],
+            [key, *limit_keys, *suppressed, *task_keys, *audit_keys],
             [
                 _ms(now),
                 ttl,
@@ -680,6 +695,7 @@ class RedisStore:
                 len(suppressed),
                 len(enqueue),
                 *task_args,
+                *audit_args,
                 *flat,
             ],
         )

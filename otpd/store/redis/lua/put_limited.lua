@@ -4,10 +4,14 @@
 -- stream of a task to record along with the code is full. Each such task (the durable
 -- queue's, as task_enqueue.lua writes one) is recorded and added to its stream in the
 -- same step: the issue and its deliveries are one round trip.
+-- With an audit record (u = 1), the record is kept in the owner's audit stream in the same
+-- step, only when the record at KEYS[1] is stored.
 -- KEYS[1] the record; KEYS[2..n+1] limit keys; KEYS[n+2..n+s+1] suppression keys;
---   then (task record, ready stream) * t
+--   then (task record, ready stream) * t; then, with u = 1, the audit stream
 -- ARGV: now_ms, ttl_ms, member, n, (limit, window_ms, distinct, member) * n, s, t,
---   (task_id, ttl_seconds, max_backlog, f, (field, value) * f/2) * t, (field, value) * m
+--   (task_id, ttl_seconds, max_backlog, f, (field, value) * f/2) * t,
+--   u (0 | 1), with u = 1: (audit now_ms, MINID of the retention, ttl_ms, the record's
+--   fields as a JSON array field, value, ...), then (field, value) * m
 -- -> {1, entry_id * t} stored | {0, limit_index, retry_ms} | {2, suppression_index, 0}
 --    | {3, task_index, 0} (its stream is full)
 local now = tonumber(ARGV[1])
@@ -36,6 +40,13 @@ for k = 1, t do
   end
   a = a + 4 + tonumber(ARGV[a + 3])
 end
+local audit_at = nil
+if ARGV[a] == '1' then
+  audit_at = a + 1
+  a = a + 5
+else
+  a = a + 1
+end
 record_hits(2, 5, n, now, member)
 redis.call('DEL', KEYS[1])
 local fields = {}
@@ -56,5 +67,10 @@ for k = 1, t do
   redis.call('HSET', record, unpack(task_fields))
   redis.call('EXPIRE', record, ARGV[b + 1])
   reply[k + 1] = redis.call('XADD', stream, '*', 't', ARGV[b])
+end
+if audit_at then
+  local b = audit_at
+  audit_add(KEYS[n + s + 2 * t + 2], ARGV[b], 'MINID', '=', ARGV[b + 1], ARGV[b + 2],
+    cjson.decode(ARGV[b + 3]))
 end
 return reply
