@@ -18,6 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from otpd.app import Otpd
 from otpd.config import Config, load_config
+from otpd.models import VerifyReason
 from tests.api.helpers import MOBILE, body_of, link_in, newest_mail, token_of
 from tests.conftest import TEST_SECRET, free_port, open_client, redis_server
 from tests.redis_topologies import ClusterSetup, SentinelSetup
@@ -179,6 +180,26 @@ async def test_a_walkthrough_runs_as_the_documented_acl_user(tmp_path: Path) -> 
                         await user.execute_command(*command)  # type: ignore[no-untyped-call]
             finally:
                 await user.aclose()
+        finally:
+            await admin.aclose()
+
+
+async def test_scripts_flushed_from_the_server_are_loaded_again_as_the_documented_acl_user(
+    tmp_path: Path,
+) -> None:
+    with redis_server(tmp_path) as url:
+        admin = aioredis.Redis.from_url(url, decode_responses=True)
+        try:
+            await admin.execute_command("ACL", "SETUSER", "otpd", *acl_for_test())  # type: ignore[no-untyped-call]
+            await admin.execute_command("ACL", "LOG", "RESET")  # type: ignore[no-untyped-call]
+            port = url.rsplit(":", 1)[1].split("/")[0]
+            user_url = f"redis://otpd:{PASSWORD}@127.0.0.1:{port}/0"
+            async with Otpd(walkthrough_config(tmp_path, user_url, key_prefix="otpd:")) as daemon:
+                await daemon.otp.issue(user_id="42", channel="email", email=ADDRESS)
+                await admin.script_flush()  # as a restart or a failover leaves the server
+                result = await daemon.otp.verify(user_id="42", code="000000")
+                assert result.reason is VerifyReason.INVALID_CODE
+            assert await acl_log(admin) == []  # SCRIPT LOAD, never EVAL
         finally:
             await admin.aclose()
 

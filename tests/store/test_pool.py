@@ -82,8 +82,8 @@ async def test_a_script_the_server_does_not_hold_runs_from_its_source_in_the_sam
         sha = await client.script_load(COUNT)
         assert await pool.run_script(sha, COUNT, ["lean:flushed"], []) == 1
         await client.script_flush()  # as after a restart or a failover
-        assert await pool.run_script(sha, COUNT, ["lean:flushed"], []) == 2  # by EVAL, once
-        assert await client.script_exists(sha) == [True]  # EVAL cached it for the next
+        assert await pool.run_script(sha, COUNT, ["lean:flushed"], []) == 2  # loaded, run once
+        assert await client.script_exists(sha) == [True]  # for the next call
         assert await pool.run_script(sha, COUNT, ["lean:flushed"], []) == 3
     finally:
         await client.aclose(close_connection_pool=True)

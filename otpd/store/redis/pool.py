@@ -59,9 +59,11 @@ class _Lean(ConnectionPool):
     async def run_script(
         self, sha: str, source: EncodableT, keys: Sequence[str], args: Sequence[Any]
     ) -> Any:
-        """The reply of ``EVALSHA sha`` on ``keys`` and ``args`` (``EVAL source`` on the
-        same connection when the server does not hold the script: a restart, a failover,
-        a ``SCRIPT FLUSH``). An error reply is raised as redis-py's exception for it.
+        """The reply of ``EVALSHA sha`` on ``keys`` and ``args``. When the server does not
+        hold the script (a restart, a failover, a ``SCRIPT FLUSH``), ``SCRIPT LOAD source``
+        then ``EVALSHA`` again on the same connection, as redis-py's scripts do (the
+        documented ACL allows ``SCRIPT LOAD``, not ``EVAL``). An error reply is raised as
+        redis-py's exception for it.
 
         Nothing is sent twice: a connection that fails (an idle one the server closed)
         fails this call, as a command of the client does, and is connected again when
@@ -89,8 +91,10 @@ async def _script_on(
         return await conn.read_response()
     except NoScriptError:
         pass
+    await conn.send_packed_command(conn.pack_command("SCRIPT", "LOAD", source), False)
+    await conn.read_response()
     await conn.send_packed_command(
-        conn.pack_command("EVAL", source, len(keys), *keys, *args), False
+        conn.pack_command("EVALSHA", sha, len(keys), *keys, *args), False
     )
     return await conn.read_response()
 
