@@ -68,8 +68,12 @@ class ReportLink(Protocol):
 class SuppressionCheck(Protocol):
     """The suppression list: recipients no provider may be handed a message for."""
 
-    async def is_suppressed(self, address: str) -> Suppression | None:
-        """The suppression of ``address``, or None; raises UnavailableError only."""
+    def key_of(self, address: str) -> str | None:
+        """The keyed hash ``address`` is suppressed under, or None when no route could
+        have suppressed it."""
+
+    async def lookup(self, key: str) -> Suppression | None:
+        """The suppression kept under ``key``, or None; raises UnavailableError only."""
 
 
 class FailureHook(Protocol):
@@ -373,15 +377,26 @@ class Dispatcher:
             # what it carries no longer works: a late code only confuses its reader
             await self._finish(job, TaskStatus.FAILED, _EXPIRED, dead_letter=True)
             return
-        if self.suppressions is not None:
+        key = None if self.suppressions is None else self.suppressions.key_of(job.message.to)
+        admitting = record.attempts == 0 and self.admission is not None
+        admitting = admitting and not job.message.limits_counted
+        # the queue's start checks the suppression in its own step where it can (one round
+        # trip less); not ahead of an admission, which a suppressed recipient must not use
+        folded = key is not None and not admitting and self.queue.checks_suppression(job)
+        if key is not None and not folded:
             # a store that cannot answer raises UnavailableError: the job is deferred
-            suppressed = await self.suppressions.is_suppressed(job.message.to)
-            if suppressed is not None:
-                await self._finish(job, TaskStatus.FAILED, f"suppressed: {suppressed.reason}")
+            assert self.suppressions is not None
+            found = await self.suppressions.lookup(key)
+            if found is not None:
+                await self._finish(job, TaskStatus.FAILED, f"suppressed: {found.reason}")
                 return
         if record.attempts == 0 and not await self._admit(job):
             return
-        if not await self._mark_sending(job):
+        started = await self._mark_sending(job, key if folded else None)
+        if isinstance(started, Suppression):
+            await self._finish(job, TaskStatus.FAILED, f"suppressed: {started.reason}")
+            return
+        if not started:
             return
         chain = self.chains[record.channel]
         try:
@@ -449,22 +464,26 @@ class Dispatcher:
         job.record.status = status
         job.record.updated_at = self._clock.time()
 
-    async def _mark_sending(self, job: Job) -> bool:
+    async def _mark_sending(self, job: Job, unless_suppressed: str | None) -> bool | Suppression:
         """Record the attempt before the provider call; raises UnavailableError (and
         changes nothing) when the store cannot take it, so nothing is sent unrecorded.
-        False when another daemon took the job over meanwhile: it is not sent here."""
+        False when another daemon took the job over meanwhile: it is not sent here. The
+        recipient's :class:`Suppression` (nothing recorded) when ``unless_suppressed``
+        names a suppressed one."""
         record = job.record
         before = (record.status, record.attempts, record.updated_at)
         record.attempts += 1
         self._touch(job, TaskStatus.SENDING)
         try:
-            mine = await self.queue.start(job)
+            started = await self.queue.start(job, unless_suppressed)
         except BaseException:
             record.status, record.attempts, record.updated_at = before
             raise
-        if not mine:
+        if isinstance(started, Suppression):
+            record.status, record.attempts, record.updated_at = before
+        elif not started:
             log.info("task.taken_over", task_id=record.task_id)
-        return mine
+        return started
 
     async def _until_saved(self, job: Job, write: Callable[[], Awaitable[None]]) -> None:
         """Write a status change that follows a provider call until the store takes it:

@@ -37,7 +37,7 @@ from otpd.dispatch.queue import DeadLetter, Job, masked_recipient
 from otpd.errors import UnavailableError
 from otpd.models import Channel, Message, TaskRecord, TaskStatus
 from otpd.sealing import Keyring, SealError
-from otpd.store.base import QueuedTask, Store
+from otpd.store.base import QueuedTask, Store, Suppression
 from otpd.store.fallback import FallbackStore
 from otpd.store.memory import MemoryStore
 from otpd.store.redis.store import parse_task, task_mutable
@@ -269,9 +269,16 @@ class DurableQueue:
         self._local.discard(job.record.task_id)
         self.ready.task_done()
 
-    async def start(self, job: Job) -> bool:
+    def checks_suppression(self, job: Job) -> bool:
+        # not a job kept locally while Redis was away, and not on a cluster (the list's
+        # entries are on other slots than the task)
+        return job.entry != "" and not self.streams.store.cluster
+
+    async def start(self, job: Job, unless_suppressed: str | None = None) -> bool | Suppression:
         record = job.record
         if job.entry == "":
+            if unless_suppressed is not None:
+                raise ValueError("a job kept locally is checked against the list apart")
             await self._local_store.update_task(record)
             return True
         if self._fallback is not None and self._fallback.degraded:
@@ -279,12 +286,12 @@ class DurableQueue:
             raise UnavailableError("the store is unavailable")
         # While a job waited in this daemon's buffer, its entry aged: another daemon may
         # have claimed it. Only the holder sends, and holding it resets its idle time.
-        mine = await self.streams.start(
-            self.consumer, record.task_id, job.entry, task_mutable(record)
+        started = await self.streams.start(
+            self.consumer, record.task_id, job.entry, task_mutable(record), unless_suppressed
         )
-        if not mine:
+        if started is False:
             self._release(job)
-        return mine
+        return started
 
     async def done(self, job: Job, *, dead_letter: bool = False) -> None:
         record = job.record

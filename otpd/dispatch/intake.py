@@ -14,7 +14,7 @@ from typing import NoReturn, Self
 from otpd.dispatch.durable import DurableQueue
 from otpd.dispatch.queue import DeadLetter, Job
 from otpd.models import Channel, TaskRecord
-from otpd.store.base import QueuedTask
+from otpd.store.base import QueuedTask, Suppression
 
 __all__ = ["IntakeQueue"]
 
@@ -66,7 +66,10 @@ class IntakeQueue:
         await self._never.wait()  # never set: a worker here waits until it is cancelled
         raise RuntimeError("unreachable")
 
-    async def start(self, job: Job) -> bool:
+    def checks_suppression(self, job: Job) -> bool:
+        return False
+
+    async def start(self, job: Job, unless_suppressed: str | None = None) -> bool | Suppression:
         self._not_handed_out()
 
     async def done(self, job: Job, *, dead_letter: bool = False) -> None:

@@ -19,7 +19,7 @@ from otpd.config import DispatchConfig
 from otpd.errors import UnavailableError
 from otpd.models import Channel, DeadLetter, Message, TaskRecord, TaskStatus
 from otpd.redaction import mask_email, mask_phone
-from otpd.store.base import QueuedTask, Store
+from otpd.store.base import QueuedTask, Store, Suppression
 
 __all__ = ["DeadLetter", "DeliveryQueue", "InProcessQueue", "Job", "masked_recipient"]
 
@@ -77,11 +77,17 @@ class DeliveryQueue(Protocol):
     async def get(self) -> Job:
         """The next job for a worker; waits until there is one."""
 
-    async def start(self, job: Job) -> bool:
+    def checks_suppression(self, job: Job) -> bool:
+        """Whether :meth:`start` can check ``job``'s recipient against the suppression
+        list in its own step (``unless_suppressed``): no round trip of its own."""
+
+    async def start(self, job: Job, unless_suppressed: str | None = None) -> bool | Suppression:
         """Record the attempt (status ``sending``) before the provider call. False when
         the job is no longer this process's (another daemon took it over): it is let go
-        then, and must not be sent. Raises ``UnavailableError`` and changes nothing when
-        the store cannot take it."""
+        then, and must not be sent. With ``unless_suppressed`` (the keyed hash of the
+        recipient; only where :meth:`checks_suppression`), a suppressed recipient's job
+        is not started and its :class:`Suppression` is returned. Raises
+        ``UnavailableError`` and changes nothing when the store cannot take it."""
 
     async def done(self, job: Job, *, dead_letter: bool = False) -> None:
         """``job`` reached a final status: write its record and let go of it; a
@@ -182,7 +188,12 @@ class InProcessQueue:
     async def get(self) -> Job:
         return await self.queue.get()
 
-    async def start(self, job: Job) -> bool:
+    def checks_suppression(self, job: Job) -> bool:
+        return False  # the dispatcher reads the store (a memory store: no round trip)
+
+    async def start(self, job: Job, unless_suppressed: str | None = None) -> bool | Suppression:
+        if unless_suppressed is not None:
+            raise ValueError("this queue does not check suppressions")
         await self.store.update_task(job.record)
         return True
 

@@ -115,9 +115,18 @@ class SuppressionList:
     async def is_suppressed(self, address: str) -> Suppression | None:
         """The suppression of a recipient the dispatcher is about to send to (None for an
         address no route could have suppressed)."""
+        key = self.key_of(address)
+        return None if key is None else await self.lookup(key)
+
+    def key_of(self, address: str) -> str | None:
+        """The keyed hash ``address`` is suppressed under (None for an address no route
+        could have suppressed), for a store step that checks it along with its own work."""
         try:
-            normalized = normalize_address(address)
+            return self._key(normalize_address(address))
         except ValidationError:
             return None
-        (found,) = await self.store.suppressions([self._key(normalized)])
+
+    async def lookup(self, key: str) -> Suppression | None:
+        """The suppression kept under ``key`` (:meth:`key_of`), or None."""
+        (found,) = await self.store.suppressions([key])
         return found

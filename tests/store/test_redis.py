@@ -20,7 +20,7 @@ from otpd.models import Channel, TaskRecord, TaskStatus
 from otpd.store.base import Bucket, Limit, OtpRecord, QueuedTask
 from otpd.store.redis import RedisStore
 from otpd.totp import hotp, time_step
-from tests.conftest import free_port
+from tests.conftest import free_port, outbox_files
 
 
 @pytest.fixture
@@ -179,6 +179,39 @@ async def test_sms_otp_issue_costs_the_conversion_count_then_the_same_one_script
     assert ":conv:{sms}:" in conversion
     assert ":otp:{u:u1}:" in issue and ":task:{q:" in issue and ":rl:{" in issue
     assert "audit:{u:u1}" in issue
+
+
+async def test_a_delivery_checks_its_recipients_suppression_in_its_start_script(
+    make_config: Callable[..., Config], raw: aioredis.Redis
+) -> None:
+    config = make_config("redis", dispatch={"durable": True})
+    async with Otpd(config, role="api") as api:
+        held = await api.otp.issue(user_id="u1", channel="email", email="ada@example.com")
+        sent = await api.otp.issue(user_id="u2", channel="email", email="bob@example.com")
+        # suppressed after the code was accepted, before its delivery
+        await api.suppressions.add("Ada@example.com", "complaint", source="webhook")
+    task_ids = [held.deliveries[0].task_id, sent.deliveries[0].task_id]
+    async with Otpd(config, role="worker") as worker:
+
+        async def delivered() -> None:
+            async with asyncio.timeout(10):
+                while True:
+                    records = [await worker.tasks.get(t) for t in task_ids]
+                    if all(r.status in (TaskStatus.FAILED, TaskStatus.SENT) for r in records):
+                        return
+                    await asyncio.sleep(0.02)
+
+        trips = await count_round_trips(raw, delivered)
+        failed, delivered_record = [await worker.tasks.get(t) for t in task_ids]
+    assert failed.status is TaskStatus.FAILED and failed.last_error == "suppressed: complaint"
+    assert failed.attempts == 0  # no attempt was recorded: nothing reached a provider
+    assert delivered_record.status is TaskStatus.SENT
+    assert [p.read_text().count("bob@example.com") > 0 for p in outbox_files(config, ".eml")] == [
+        True
+    ]
+    # the list was read by the attempt's start script only: no read of its own
+    suppression_reads = [c for c in trips if ":supp:{s:" in c]
+    assert suppression_reads and all(c.startswith("EVALSHA") for c in suppression_reads)
 
 
 async def test_an_audit_record_is_one_evalsha_into_the_users_stream_with_a_ttl(

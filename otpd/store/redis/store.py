@@ -65,7 +65,7 @@ from otpd.store.redis.pool import LeanPool, LeanSentinelPool
 from otpd.store.reports import PARKED_MAX, ReportOutcome, TaskReport
 from otpd.store.trails import OtpTrail, TrailDelivery, dump_deliveries, load_deliveries
 
-__all__ = ["RedisStore", "load_script", "parse_task", "task_fields"]
+__all__ = ["RedisStore", "load_script", "parse_suppression", "parse_task", "task_fields"]
 
 T = TypeVar("T")
 
@@ -201,7 +201,8 @@ def parse_task(raw: Mapping[str, str]) -> TaskRecord | None:
     )
 
 
-def _parse_suppression(raw: Mapping[str, str]) -> Suppression | None:
+def parse_suppression(raw: Mapping[str, str]) -> Suppression | None:
+    """A suppression entry as read (None for no entry)."""
     if not raw or "reason" not in raw:
         return None
     return Suppression(
@@ -835,7 +836,7 @@ class RedisStore:
                 return list(await pipe.execute())
 
         replies = await self.call("suppressions", read)
-        return [_parse_suppression(raw) for raw in replies]
+        return [parse_suppression(raw) for raw in replies]
 
     # ------------------------------------------------------------------ SMS conversion
 

@@ -17,8 +17,10 @@ from typing import Any, cast
 
 from redis.exceptions import ResponseError
 
+from otpd.errors import UnavailableError
 from otpd.models import DeadLetter, TaskRecord
-from otpd.store.redis.store import RedisStore, task_fields
+from otpd.store.base import Suppression
+from otpd.store.redis.store import RedisStore, parse_suppression, task_fields
 
 __all__ = ["GROUP", "StreamEntry", "TaskStreams"]
 
@@ -75,16 +77,29 @@ class TaskStreams:
         return cast(str | None, reply)
 
     async def start(
-        self, consumer: str, task_id: str, entry_id: str, fields: Mapping[str, Any]
-    ) -> bool:
-        """Record an attempt if ``consumer`` still holds the entry (and keep holding it)."""
+        self,
+        consumer: str,
+        task_id: str,
+        entry_id: str,
+        fields: Mapping[str, Any],
+        unless_suppressed: str | None = None,
+    ) -> bool | Suppression:
+        """Record an attempt if ``consumer`` still holds the entry (and keep holding it);
+        not when the recipient is suppressed under the keyed hash ``unless_suppressed``
+        (not on a cluster: its entry is on another slot): its suppression then."""
         p = self.layout.partition(task_id)
         flat = [part for item in fields.items() for part in item]
-        reply = await self.store.script(
-            "task_start",
-            [self.layout.task(task_id), self.layout.ready(p)],
-            [GROUP, consumer, entry_id, *flat],
-        )
+        keys = [self.layout.task(task_id), self.layout.ready(p)]
+        if unless_suppressed is not None:
+            if self.store.cluster:
+                raise ValueError("a cluster keeps the suppression list on other slots")
+            keys.append(self.layout.suppression(unless_suppressed))
+        reply = await self.store.script("task_start", keys, [GROUP, consumer, entry_id, *flat])
+        if isinstance(reply, list):
+            found = parse_suppression(dict(zip(reply[::2], reply[1::2], strict=True)))
+            if found is not None:
+                return found
+            raise UnavailableError("the store answered the attempt's start out of shape")
         return bool(reply)
 
     async def update(self, task_id: str, fields: Mapping[str, Any]) -> bool:
