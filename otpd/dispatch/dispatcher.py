@@ -25,7 +25,7 @@ from otpd.errors import DeliveryError, PermanentDeliveryError, UnavailableError
 from otpd.metrics import Metrics
 from otpd.models import Channel, Message, TaskRecord, TaskStatus
 from otpd.providers.chain import ProviderChain
-from otpd.store.base import LimitExceeded, QueuedTask, Store, Suppression
+from otpd.store.base import AuditDraft, LimitExceeded, QueuedTask, Store, Suppression
 
 __all__ = [
     "Admission",
@@ -89,6 +89,23 @@ class AuditSink(Protocol):
 
     async def record(self, event: str, *, recipient: str | None = None, **fields: str) -> None:
         """Record ``event``; ``recipient`` in clear (the sink masks it). Never raises."""
+
+    def draft(
+        self,
+        user_id: str | None,
+        event: str | None = None,
+        /,
+        *,
+        recipient: str | None = None,
+        **fields: str,
+    ) -> AuditDraft | None:
+        """The whole record of ``event`` for the queue to keep with the final status
+        (None when the trail keeps nothing)."""
+
+    def logged(
+        self, event: str, *, log_as: str | None = None, masked: str | None = None, **fields: str
+    ) -> None:
+        """The log line of a record kept elsewhere (``masked``: its recipient, masked)."""
 
 
 class _InFlight:
@@ -546,8 +563,22 @@ class Dispatcher:
             job.record.provider = provider
         job.record.last_error = error
         self._touch(job, status)
+        draft = None
+        if release and self.audit is not None and self.queue.keeps_audit(job):
+            draft = _final_draft(self.audit, job, status, error)
+        kept = False
         if release:
-            await self._until_saved(job, lambda: self.queue.done(job, dead_letter=dead))
+            first = [draft]
+
+            async def done() -> None:
+                # the record rides the first write only: one that failed may have been
+                # made, and a record twice is worse than the trail's own write below
+                nonlocal kept
+                audit, first[0] = first[0], None
+                await self.queue.done(job, dead_letter=dead, audit=audit)
+                kept = audit is not None
+
+            await self._until_saved(job, done)
         else:
             await self._persist(job, self.store.update_task(job.record))
         self._metrics.tasks.labels(job.record.channel.value, status.value).inc()
@@ -564,26 +595,40 @@ class Dispatcher:
             error=error or None,
         )
         if self.audit is not None:
-            await _audit_final(self.audit, job, status, error)
+            if kept and draft is not None:
+                event, fields = _final_fields(job, status, error)
+                self.audit.logged(event, masked=draft.record.get("recipient"), **fields)
+            else:
+                await _audit_final(self.audit, job, status, error)
         if status is TaskStatus.FAILED and self.failures is not None and job.record.otp_id:
             await self.failures.task_failed(replace(job.record))
 
 
-async def _audit_final(audit: AuditSink, job: Job, status: TaskStatus, error: str) -> None:
+def _final_fields(job: Job, status: TaskStatus, error: str) -> tuple[str, dict[str, str]]:
+    """The event and fields of a delivery's final audit record (the recipient apart)."""
     record = job.record
-    fields = dict(job.message.audit)
+    carried = dict(job.message.audit)
+    fields = {
+        "task_id": record.task_id,
+        "channel": record.channel.value,
+        "tag": record.tag,
+        "attempts": str(record.attempts),
+        **carried,
+    }
     if status is TaskStatus.FAILED:
         # a provider's answer after the reason may quote the recipient: never kept
         kept = error if error.startswith("rate_limited:") else error.partition(":")[0]
         fields["reason"] = kept.strip() or "failed"
     if record.provider:
         fields["provider"] = record.provider
-    await audit.record(
-        "message_sent" if status is TaskStatus.SENT else "message_failed",
-        recipient=job.message.to,
-        task_id=record.task_id,
-        channel=record.channel.value,
-        tag=record.tag,
-        attempts=str(record.attempts),
-        **fields,
-    )
+    return ("message_sent" if status is TaskStatus.SENT else "message_failed"), fields
+
+
+def _final_draft(audit: AuditSink, job: Job, status: TaskStatus, error: str) -> AuditDraft | None:
+    event, fields = _final_fields(job, status, error)
+    return audit.draft(fields.get("user_id"), event, recipient=job.message.to, **fields)
+
+
+async def _audit_final(audit: AuditSink, job: Job, status: TaskStatus, error: str) -> None:
+    event, fields = _final_fields(job, status, error)
+    await audit.record(event, recipient=job.message.to, **fields)

@@ -37,7 +37,7 @@ from otpd.dispatch.queue import DeadLetter, Job, masked_recipient
 from otpd.errors import UnavailableError
 from otpd.models import Channel, Message, TaskRecord, TaskStatus
 from otpd.sealing import Keyring, SealError
-from otpd.store.base import QueuedTask, Store, Suppression
+from otpd.store.base import AuditDraft, QueuedTask, Store, Suppression
 from otpd.store.fallback import FallbackStore
 from otpd.store.memory import MemoryStore
 from otpd.store.redis.store import parse_task, task_mutable
@@ -293,9 +293,17 @@ class DurableQueue:
             self._release(job)
         return started
 
-    async def done(self, job: Job, *, dead_letter: bool = False) -> None:
+    def keeps_audit(self, job: Job) -> bool:
+        # as checks_suppression: the task's script, on one Redis
+        return job.entry != "" and not self.streams.store.cluster
+
+    async def done(
+        self, job: Job, *, dead_letter: bool = False, audit: AuditDraft | None = None
+    ) -> None:
         record = job.record
         if job.entry == "":
+            if audit is not None:
+                raise ValueError("a job kept locally has its audit record written apart")
             await self._local_store.update_task(record)
             self._local_jobs.pop(record.task_id, None)
             if dead_letter:
@@ -320,6 +328,7 @@ class DurableQueue:
             letter,
             dead_ttl=self.config.dead_letter_ttl_seconds,
             now_ms=round(time.time() * 1000),
+            audit=audit,
         )
         await self._write(job, finish)
 

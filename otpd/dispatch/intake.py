@@ -14,7 +14,7 @@ from typing import NoReturn, Self
 from otpd.dispatch.durable import DurableQueue
 from otpd.dispatch.queue import DeadLetter, Job
 from otpd.models import Channel, TaskRecord
-from otpd.store.base import QueuedTask, Suppression
+from otpd.store.base import AuditDraft, QueuedTask, Suppression
 
 __all__ = ["IntakeQueue"]
 
@@ -72,7 +72,12 @@ class IntakeQueue:
     async def start(self, job: Job, unless_suppressed: str | None = None) -> bool | Suppression:
         self._not_handed_out()
 
-    async def done(self, job: Job, *, dead_letter: bool = False) -> None:
+    def keeps_audit(self, job: Job) -> bool:
+        return False
+
+    async def done(
+        self, job: Job, *, dead_letter: bool = False, audit: AuditDraft | None = None
+    ) -> None:
         self._not_handed_out()
 
     async def retry(self, job: Job, delay: float) -> None:

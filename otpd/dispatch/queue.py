@@ -19,7 +19,7 @@ from otpd.config import DispatchConfig
 from otpd.errors import UnavailableError
 from otpd.models import Channel, DeadLetter, Message, TaskRecord, TaskStatus
 from otpd.redaction import mask_email, mask_phone
-from otpd.store.base import QueuedTask, Store, Suppression
+from otpd.store.base import AuditDraft, QueuedTask, Store, Suppression
 
 __all__ = ["DeadLetter", "DeliveryQueue", "InProcessQueue", "Job", "masked_recipient"]
 
@@ -89,10 +89,16 @@ class DeliveryQueue(Protocol):
         is not started and its :class:`Suppression` is returned. Raises
         ``UnavailableError`` and changes nothing when the store cannot take it."""
 
-    async def done(self, job: Job, *, dead_letter: bool = False) -> None:
+    def keeps_audit(self, job: Job) -> bool:
+        """Whether :meth:`done` can keep the delivery's audit record in its own step."""
+
+    async def done(
+        self, job: Job, *, dead_letter: bool = False, audit: AuditDraft | None = None
+    ) -> None:
         """``job`` reached a final status: write its record and let go of it; a
-        ``dead_letter`` is kept for :meth:`replay`. A failed write raises and leaves the
-        job held, so the caller can write again."""
+        ``dead_letter`` is kept for :meth:`replay`, and ``audit`` (only where
+        :meth:`keeps_audit`) in the same step. A failed write raises and leaves the job
+        held, so the caller can write again."""
 
     async def retry(self, job: Job, delay: float) -> None:
         """Write ``job``'s record (retrying) and hand it out again after ``delay`` seconds."""
@@ -197,7 +203,14 @@ class InProcessQueue:
         await self.store.update_task(job.record)
         return True
 
-    async def done(self, job: Job, *, dead_letter: bool = False) -> None:
+    def keeps_audit(self, job: Job) -> bool:
+        return False  # the trail writes it (a memory store: no round trip)
+
+    async def done(
+        self, job: Job, *, dead_letter: bool = False, audit: AuditDraft | None = None
+    ) -> None:
+        if audit is not None:
+            raise ValueError("this queue does not keep audit records")
         await self.store.update_task(job.record)
         self.queue.task_done()
         self._queued_at.pop(job.record.task_id, None)

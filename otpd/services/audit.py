@@ -207,7 +207,7 @@ class AuditTrail:
 
     def draft(
         self,
-        user_id: str,
+        user_id: str | None,
         event: str | None = None,
         /,
         *,
@@ -222,7 +222,7 @@ class AuditTrail:
         if not self.config.enabled:
             return None
         now = self.clock.time()
-        named = fields if "user_id" in fields else {"user_id": user_id, **fields}
+        named = fields if "user_id" in fields or user_id is None else {"user_id": user_id, **fields}
         record = self._record(now, recipient, named, event)
         return AuditDraft(record, user_id, now, self.config.retention_ms)
 

@@ -324,7 +324,7 @@ class AuditDraft:
     same step as the operation: one round trip, and never an outcome without its record."""
 
     record: dict[str, str]
-    user_id: str
+    user_id: str | None  # None: the stream of events that name no user
     now: float
     retention_ms: int
 

@@ -214,6 +214,62 @@ async def test_a_delivery_checks_its_recipients_suppression_in_its_start_script(
     assert suppression_reads and all(c.startswith("EVALSHA") for c in suppression_reads)
 
 
+async def test_a_deliverys_audit_record_is_kept_by_its_final_status_script(
+    make_config: Callable[..., Config], raw: aioredis.Redis
+) -> None:
+    config = make_config("redis", dispatch={"durable": True})
+    async with Otpd(config, role="api") as api:
+        issued = await api.otp.issue(user_id="u3", channel="email", email="cy@example.com")
+    (delivery,) = issued.deliveries
+    async with Otpd(config, role="worker") as worker:
+
+        async def delivered() -> None:
+            async with asyncio.timeout(10):
+                while (await worker.tasks.get(delivery.task_id)).status is not TaskStatus.SENT:
+                    await asyncio.sleep(0.02)
+            assert worker.audit._pending == []  # nothing left for the trail to write
+
+        trips = await count_round_trips(raw, delivered)
+        events, _ = await worker.audit.events(user_id="u3")
+    # the record went with the final status, the acknowledgement and the body's removal
+    (written,) = [c for c in trips if "audit:{u:u3}" in c]
+    assert written.startswith("EVALSHA") and ":task:{q:" in written and "message_sent" in written
+    sent, issue = events
+    assert (sent["event"], issue["event"]) == ("message_sent", "otp_issued")
+    assert sent["task_id"] == delivery.task_id and sent["recipient"] == "c***@example.com"
+    assert (sent["otp_id"], sent["attempts"]) == (issued.otp_id, "1")
+    assert "cy@example.com" not in written
+
+
+async def test_a_final_status_written_again_after_a_failure_keeps_one_audit_record(
+    make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = make_config("redis", dispatch={"durable": True})
+    async with Otpd(config, role="api") as api:
+        issued = await api.otp.issue(user_id="u4", channel="email", email="di@example.com")
+    (delivery,) = issued.deliveries
+    async with Otpd(config, role="worker") as worker:
+        streams = worker.dispatcher.queue.streams  # type: ignore[attr-defined]
+        real = streams.finish
+        calls: list[bool] = []
+
+        async def refused_once(*args: object, **kwargs: object) -> bool:
+            calls.append(kwargs.get("audit") is not None)
+            if len(calls) == 1:  # the store refuses the first write: nothing was made
+                raise UnavailableError("the store is unavailable")
+            return bool(await real(*args, **kwargs))
+
+        monkeypatch.setattr(streams, "finish", refused_once)
+        async with asyncio.timeout(10):
+            while (await worker.tasks.get(delivery.task_id)).status is not TaskStatus.SENT:
+                await asyncio.sleep(0.02)
+        await worker.audit.flush()
+        events, _ = await worker.audit.events(user_id="u4", event="message_sent")
+    # the record rode the refused write only; the trail wrote it once the status was saved
+    assert calls == [True, False]
+    assert [e["task_id"] for e in events] == [delivery.task_id]
+
+
 async def test_an_audit_record_is_one_evalsha_into_the_users_stream_with_a_ttl(
     rstore: RedisStore, raw: aioredis.Redis, clock: FakeClock
 ) -> None:

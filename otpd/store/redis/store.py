@@ -1055,6 +1055,11 @@ class RedisStore:
         args = [arg for _, record_args in calls for arg in record_args]
         return [str(r) for r in await self.script("audit_append", keys, args)]
 
+    def audit_args(self, audit: AuditDraft) -> tuple[str, list[Any]]:
+        """The stream of ``audit`` and the six arguments a script's ``audit_add`` takes
+        (see audit_append.lua), for a script that keeps the record with its own work."""
+        return self._audit_args(audit.record, audit.user_id, audit.retention_ms, audit.now)
+
     def _audit_args(
         self, record: dict[str, str], user_id: str | None, retention_ms: int, now: float
     ) -> tuple[str, list[Any]]:

@@ -19,7 +19,7 @@ from redis.exceptions import ResponseError
 
 from otpd.errors import UnavailableError
 from otpd.models import DeadLetter, TaskRecord
-from otpd.store.base import Suppression
+from otpd.store.base import AuditDraft, Suppression
 from otpd.store.redis.store import RedisStore, parse_suppression, task_fields
 
 __all__ = ["GROUP", "StreamEntry", "TaskStreams"]
@@ -190,16 +190,25 @@ class TaskStreams:
         *,
         dead_ttl: int,
         now_ms: int,
+        audit: AuditDraft | None = None,
     ) -> bool:
         """Write the final status and acknowledge the entry together; a dead letter is
-        recorded when given. False when the record was gone."""
+        recorded when given, and ``audit`` kept in the same step (not on a cluster: the
+        audit streams are on other slots). False when the record was gone."""
         p = self.layout.partition(task_id)
         flat = [part for item in fields.items() for part in item]
         letter = [part for item in (dead_letter or {}).items() for part in item]
         min_id = max(0, now_ms - dead_ttl * 1000)
+        keys = [self.layout.task(task_id), self.layout.ready(p), self.layout.dead(p)]
+        audit_args: list[Any] = []
+        if audit is not None:
+            if self.store.cluster:
+                raise ValueError("a cluster keeps the audit streams on other slots")
+            stream, audit_args = self.store.audit_args(audit)
+            keys.append(stream)
         reply = await self.store.script(
             "task_finish",
-            [self.layout.task(task_id), self.layout.ready(p), self.layout.dead(p)],
+            keys,
             [
                 GROUP,
                 entry_id,
@@ -207,6 +216,7 @@ class TaskStreams:
                 dead_ttl,
                 f"{min_id}-0",
                 len(fields),
+                *audit_args,
                 *flat,
                 *letter,
             ],

@@ -1,26 +1,36 @@
 -- A task reached its final status: write it and acknowledge its stream entry together.
 -- A dead letter is added to the partition's dead-letter stream (trimmed by age) and the
 -- sealed body is kept for a replay; otherwise the body is dropped.
--- KEYS[1] the record, KEYS[2] the ready stream, KEYS[3] the dead-letter stream
--- ARGV: group, entry_id, dead (0|1), dead_ttl_seconds, dead_min_id, m,
---   (field, value) * m for the record, then (field, value) * k for the dead letter
--- -> 1 | 0 when the record was gone (the entry is acknowledged either way)
+-- With KEYS[4], the delivery's audit record is kept in that stream in the same step.
+-- KEYS[1] the record, KEYS[2] the ready stream, KEYS[3] the dead-letter stream,
+--   KEYS[4] (optional) an audit stream
+-- ARGV: group, entry_id, dead (0|1), dead_ttl_seconds, dead_min_id, m, then with KEYS[4]
+--   six for the audit record (now_ms, trim, threshold, exactness, ttl_ms, JSON fields, as
+--   audit_append.lua takes them), then (field, value) * m for the record, then
+--   (field, value) * k for the dead letter
+-- -> 1 | 0 when the record was gone (the entry is acknowledged and the audit record kept
+--   either way)
 if ARGV[2] ~= '' then
   redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
   redis.call('XDEL', KEYS[2], ARGV[2])
+end
+local a = 7
+if KEYS[4] then
+  audit_add(KEYS[4], ARGV[7], ARGV[8], ARGV[10], ARGV[9], ARGV[11], cjson.decode(ARGV[12]))
+  a = 13
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
 local m = tonumber(ARGV[6])
 local fields = {}
-for i = 7, 6 + 2 * m do
+for i = a, a - 1 + 2 * m do
   fields[#fields + 1] = ARGV[i]
 end
 redis.call('HSET', KEYS[1], unpack(fields))
 if ARGV[3] == '1' then
   local letter = {}
-  for i = 7 + 2 * m, #ARGV do
+  for i = a + 2 * m, #ARGV do
     letter[#letter + 1] = ARGV[i]
   end
   local id = redis.call('XADD', KEYS[3], 'MINID', '~', ARGV[5], '*', unpack(letter))
