@@ -7,10 +7,13 @@ import asyncio
 
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError, ResponseError
+from redis.exceptions import DataError, MaxConnectionsError, ResponseError
 
-from otpd.store.redis.pool import LeanPool
+from otpd.store.redis.pool import LeanPool, pack
 
 
 async def test_a_command_cancelled_midway_leaves_no_reply_for_the_next_caller(
@@ -149,3 +152,35 @@ async def test_a_script_on_a_connection_the_server_closed_fails_once_and_never_r
         assert await pool.run_script(sha, COUNT, ["lean:once"], []) == 2  # connected again
     finally:
         await client.aclose(close_connection_pool=True)
+
+
+_ARGS = st.lists(
+    st.one_of(
+        st.text(),
+        st.binary(),
+        st.integers(),
+        st.floats(allow_nan=False),
+        st.text(min_size=7000, max_size=7001),  # past redis-py's buffer cut-off
+    ),
+    max_size=40,
+)
+
+
+@given(_ARGS)
+def test_a_packed_command_is_the_bytes_redis_py_would_send(args: list[str | bytes | float]) -> None:
+    connection = Connection()
+    try:
+        expected = b"".join(connection.pack_command("EVALSHA", *args))
+    except UnicodeEncodeError:
+        with pytest.raises(UnicodeEncodeError):
+            pack("EVALSHA", *args)
+        return
+    assert pack("EVALSHA", *args) == expected
+
+
+@pytest.mark.parametrize("bad", [None, True, object(), ["x"]])
+def test_a_value_redis_py_would_not_encode_is_refused_alike(bad: object) -> None:
+    with pytest.raises(DataError):
+        Connection().pack_command("EVALSHA", bad)  # type: ignore[arg-type]
+    with pytest.raises(DataError):
+        pack("EVALSHA", bad)  # type: ignore[arg-type]
