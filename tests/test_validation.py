@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import idna
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
+from otpd.config.checks import mailbox
 from otpd.errors import ValidationError
 from otpd.validation import normalize_email
 
@@ -63,3 +67,34 @@ def test_addresses_that_are_not_one_plain_mailbox_are_refused(address: str) -> N
 )
 def test_valid_addresses_are_normalised(address: str, normalized: str) -> None:
     assert normalize_email(address) == normalized
+
+
+def _domain_by_idna(domain: str) -> str | None:
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii").lower()
+    except (idna.IDNAError, UnicodeError):
+        return None
+
+
+_HOSTS = st.lists(
+    st.text(alphabet="aZ09-_.ü", max_size=12) | st.sampled_from(["xn--bcher-kva", "xn--", "ab--c"]),
+    min_size=1,
+    max_size=4,
+).map(".".join)
+
+
+@given(_HOSTS)
+@example("Example.COM")
+@example("xn--bcher-kva.example")
+@example("xn--zz.example")
+@example("ab--cd.example")
+@example("exa_mple.com")
+@example("example.com.")
+def test_a_plain_host_name_is_read_as_idna_reads_it(domain: str) -> None:
+    """The ASCII fast path of :func:`mailbox` gives what IDNA gives for every domain."""
+    by_idna = _domain_by_idna(domain)
+    found = mailbox(f"a@{domain}")
+    if found is not None:
+        assert found == f"a@{by_idna}"
+    else:  # refused: by IDNA, or by the host name rules after it
+        assert by_idna is None or mailbox(f"a@{by_idna}") is None
