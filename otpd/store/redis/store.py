@@ -168,6 +168,19 @@ def task_mutable(record: TaskRecord) -> dict[str, Any]:
     }
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _flat(record: Any) -> dict[str, Any]:
+    """A flat dataclass record's fields by name: ``dataclasses.asdict`` without its deep
+    copy (the records stored as hashes hold only strings, numbers and booleans)."""
+    kind = type(record)
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(record))
+    return {name: getattr(record, name) for name in names}
+
+
 def task_fields(record: TaskRecord) -> dict[str, Any]:
     """Every stored field of a task record (the hash the task key holds)."""
     return {
@@ -528,7 +541,7 @@ class RedisStore:
         enqueue: Sequence[QueuedTask] = (),
         audit: AuditDraft | None = None,
     ) -> LimitExceeded | Suppressed | None:
-        fields = {**dataclasses.asdict(record), "tracked": int(record.tracked), "attempts": 0}
+        fields = {**_flat(record), "tracked": int(record.tracked), "attempts": 0}
         key = self.layout.otp(user_id, record.purpose)
         if enqueue:
             if self.cluster:
@@ -746,7 +759,7 @@ class RedisStore:
     async def issue_token(
         self, owner_ref: str, record: TokenRecord, limits: Sequence[Limit], now: float
     ) -> LimitExceeded | None:
-        fields = dataclasses.asdict(record)
+        fields = _flat(record)
         key = self.layout.token(owner_ref, record.purpose)
         refused = await self._put_limited(
             key, fields, record.token_id, record.expires_at, limits, now
@@ -1133,7 +1146,7 @@ class RedisStore:
         self, user_id: str, record: TotpRecord, expires_at: float, now: float
     ) -> bool:
         keys = [self.layout.totp(user_id), self.layout.totp_pending(user_id)]
-        fields = {**dataclasses.asdict(record), "expires_at": expires_at}
+        fields = {**_flat(record), "expires_at": expires_at}
         flat = [part for item in fields.items() for part in item]
         ttl = max(1, _ms(expires_at - now))
         return int(await self.script("totp_begin", keys, [ttl, *flat])) == 1
