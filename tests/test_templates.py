@@ -585,3 +585,42 @@ def test_a_template_with_a_syntax_error_fails_the_start_naming_file_and_line(
     with pytest.raises(ConfigError) as caught:
         renderer.preload()
     assert str(caught.value).startswith("email.templates_dir: otp_code.txt.j2 line 2: ")
+
+
+@pytest.mark.parametrize("locale", [None, "de", "de-AT", "pt-BR", "fr"])
+async def test_a_codes_messages_put_in_place_read_exactly_as_rendered(
+    renderer: TemplateRenderer, locale: str | None
+) -> None:
+    plain = TemplateRenderer(PRODUCT, str(BUILTIN_TEMPLATES))  # an operator's dir: no stand-in
+    for code in ("042917", "000000", "999999", "12345678"):
+        context = {"ttl_minutes": 10}
+        fast = await renderer.render_email("otp_code", context, locale, code=code)
+        slow = await plain.render_email("otp_code", {**context, "code": code}, locale)
+        assert fast == slow
+        assert code in fast.text and code in fast.html
+        sms = await renderer.render_sms("otp_code", context, locale, code=code)
+        assert sms == await plain.render_sms("otp_code", {**context, "code": code}, locale)
+    assert renderer._skeletons and not plain._skeletons
+
+
+async def test_a_template_that_does_more_with_the_code_than_print_it_is_rendered_each_time(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "grouped.sms.j2").write_text("{{ code[:3] }} {{ code[3:] }} ({{ code | int }})")
+    (tmp_path / "shown.sms.j2").write_text("Code {{ code }}, again {{ code }}")
+    renderer = TemplateRenderer(PRODUCT, str(tmp_path))
+    renderer._builtin_only = True  # as if it were built in: the stand-ins must find it out
+    assert await renderer.render_sms("grouped", {}, code="042917") == "042 917 (42917)"
+    assert await renderer.render_sms("grouped", {}, code="123456") == "123 456 (123456)"
+    assert await renderer.render_sms("shown", {}, code="042917") == "Code 042917, again 042917"
+    kinds = {key[0]: skeleton for key, skeleton in renderer._skeletons.items()}
+    assert kinds["grouped"] == ("", "") and kinds["shown"] != ("", "")
+
+
+async def test_the_kept_skeletons_are_bounded_whatever_locales_callers_send(
+    renderer: TemplateRenderer,
+) -> None:
+    for n in range(300):
+        sms = await renderer.render_sms("otp_code", {"ttl_minutes": 10}, f"x{n}", code="042917")
+        assert "042917" in sms
+    assert len(renderer._skeletons) == 256

@@ -135,12 +135,12 @@ class OtpService:
             )
 
         code = new_code(self.config.length)
-        context = {"code": code, "ttl_minutes": max(1, self.config.ttl_seconds // 60)}
+        context = {"ttl_minutes": max(1, self.config.ttl_seconds // 60)}
         messages: list[Message] = []
         # the fallback message goes last: rendered now with the same code, sent only if
         # the first channel fails (its sending limits are counted then, by the dispatcher)
         if to_email:
-            rendered = await self.renderer.render_email("otp_code", context, locale)
+            rendered = await self.renderer.render_email("otp_code", context, locale, code=code)
             messages.append(
                 Message(
                     Channel.EMAIL,
@@ -153,7 +153,7 @@ class OtpService:
                 )
             )
         if to_phone:
-            text = await self.renderer.render_sms("otp_code", context, locale)
+            text = await self.renderer.render_sms("otp_code", context, locale, code=code)
             messages.append(
                 Message(Channel.SMS, to_phone, text, tag="otp_code", limits_counted=True)
             )
