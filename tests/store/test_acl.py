@@ -5,9 +5,11 @@ no denied command, key or script."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -161,47 +163,46 @@ def test_the_documented_acl_grants_no_keys_config_or_wildcard() -> None:
     assert not [rule for rule in rules if rule.startswith("+@") or rule in ("~*", "allkeys")]
 
 
-async def test_a_walkthrough_runs_as_the_documented_acl_user(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def acl_user(tmp_path: Path) -> AsyncIterator[tuple[aioredis.Redis, str]]:
+    """A private redis-server with the documented ACL user: an admin client, and the
+    URL otpd connects with as that user."""
     with redis_server(tmp_path) as url:
         admin = aioredis.Redis.from_url(url, decode_responses=True)
         try:
             await admin.execute_command("ACL", "SETUSER", "otpd", *acl_for_test())  # type: ignore[no-untyped-call]
             await admin.execute_command("ACL", "LOG", "RESET")  # type: ignore[no-untyped-call]
             port = url.rsplit(":", 1)[1].split("/")[0]
-            user_url = f"redis://otpd:{PASSWORD}@127.0.0.1:{port}/0"
-            await walkthrough(walkthrough_config(tmp_path, user_url, key_prefix="otpd:"))
-            assert await acl_log(admin) == []
-
-            # and nothing beyond: no KEYS, no CONFIG, no key outside the prefix
-            user = aioredis.Redis.from_url(user_url, decode_responses=True)
-            try:
-                for command in (("KEYS", "*"), ("CONFIG", "GET", "maxmemory"), ("GET", "x")):
-                    with pytest.raises(redis_errors.NoPermissionError):
-                        await user.execute_command(*command)  # type: ignore[no-untyped-call]
-            finally:
-                await user.aclose()
+            yield admin, f"redis://otpd:{PASSWORD}@127.0.0.1:{port}/0"
         finally:
             await admin.aclose()
+
+
+async def test_a_walkthrough_runs_as_the_documented_acl_user(tmp_path: Path) -> None:
+    async with acl_user(tmp_path) as (admin, user_url):
+        await walkthrough(walkthrough_config(tmp_path, user_url, key_prefix="otpd:"))
+        assert await acl_log(admin) == []
+
+        # and nothing beyond: no KEYS, no CONFIG, no key outside the prefix
+        user = aioredis.Redis.from_url(user_url, decode_responses=True)
+        try:
+            for command in (("KEYS", "*"), ("CONFIG", "GET", "maxmemory"), ("GET", "x")):
+                with pytest.raises(redis_errors.NoPermissionError):
+                    await user.execute_command(*command)  # type: ignore[no-untyped-call]
+        finally:
+            await user.aclose()
 
 
 async def test_scripts_flushed_from_the_server_are_loaded_again_as_the_documented_acl_user(
     tmp_path: Path,
 ) -> None:
-    with redis_server(tmp_path) as url:
-        admin = aioredis.Redis.from_url(url, decode_responses=True)
-        try:
-            await admin.execute_command("ACL", "SETUSER", "otpd", *acl_for_test())  # type: ignore[no-untyped-call]
-            await admin.execute_command("ACL", "LOG", "RESET")  # type: ignore[no-untyped-call]
-            port = url.rsplit(":", 1)[1].split("/")[0]
-            user_url = f"redis://otpd:{PASSWORD}@127.0.0.1:{port}/0"
-            async with Otpd(walkthrough_config(tmp_path, user_url, key_prefix="otpd:")) as daemon:
-                await daemon.otp.issue(user_id="42", channel="email", email=ADDRESS)
-                await admin.script_flush()  # as a restart or a failover leaves the server
-                result = await daemon.otp.verify(user_id="42", code="000000")
-                assert result.reason is VerifyReason.INVALID_CODE
-            assert await acl_log(admin) == []  # SCRIPT LOAD, never EVAL
-        finally:
-            await admin.aclose()
+    async with acl_user(tmp_path) as (admin, user_url):
+        async with Otpd(walkthrough_config(tmp_path, user_url, key_prefix="otpd:")) as daemon:
+            await daemon.otp.issue(user_id="42", channel="email", email=ADDRESS)
+            await admin.script_flush()  # as a restart or a failover leaves the server
+            result = await daemon.otp.verify(user_id="42", code="000000")
+            assert result.reason is VerifyReason.INVALID_CODE
+        assert await acl_log(admin) == []  # SCRIPT LOAD, never EVAL
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ against (a connection handed out with a reply still unread) cannot happen."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -75,41 +76,44 @@ async def test_a_connection_the_server_closed_is_connected_again(redis_url: str)
 COUNT = "return redis.call('INCR', KEYS[1])"
 
 
-async def test_a_script_the_server_does_not_hold_runs_from_its_source_in_the_same_call(
-    redis_url: str,
-) -> None:
+@pytest.fixture
+async def lean(redis_url: str) -> AsyncIterator[tuple[LeanPool, aioredis.Redis]]:
+    """A lean pool of one connection and a client on it."""
     pool = LeanPool.from_url(redis_url, max_connections=1, decode_responses=True)
     client = aioredis.Redis(connection_pool=pool)
     try:
-        await client.delete("lean:flushed")
-        sha = await client.script_load(COUNT)
-        assert await pool.run_script(sha, COUNT, ["lean:flushed"], []) == 1
-        await client.script_flush()  # as after a restart or a failover
-        assert await pool.run_script(sha, COUNT, ["lean:flushed"], []) == 2  # loaded, run once
-        assert await client.script_exists(sha) == [True]  # for the next call
-        assert await pool.run_script(sha, COUNT, ["lean:flushed"], []) == 3
+        yield pool, client
     finally:
         await client.aclose(close_connection_pool=True)
+
+
+async def test_a_script_the_server_does_not_hold_runs_from_its_source_in_the_same_call(
+    lean: tuple[LeanPool, aioredis.Redis],
+) -> None:
+    pool, client = lean
+    await client.delete("lean:flushed")
+    sha = await client.script_load(COUNT)
+    assert await pool.run_script(sha, COUNT, ["lean:flushed"], []) == 1
+    await client.script_flush()  # as after a restart or a failover
+    assert await pool.run_script(sha, COUNT, ["lean:flushed"], []) == 2  # loaded, run once
+    assert await client.script_exists(sha) == [True]  # for the next call
+    assert await pool.run_script(sha, COUNT, ["lean:flushed"], []) == 3
 
 
 async def test_a_scripts_error_reply_is_raised_and_the_connection_serves_on(
-    redis_url: str,
+    lean: tuple[LeanPool, aioredis.Redis],
 ) -> None:
-    pool = LeanPool.from_url(redis_url, max_connections=1, decode_responses=True)
-    client = aioredis.Redis(connection_pool=pool)
-    try:
-        await client.delete("lean:after-error")
-        await client.hset("lean:h", "f", "v")
-        sha = await client.script_load(COUNT)
-        with pytest.raises(ResponseError, match="WRONGTYPE"):
-            await pool.run_script(sha, COUNT, ["lean:h"], [])
-        assert await pool.run_script(sha, COUNT, ["lean:after-error"], []) == 1
-    finally:
-        await client.aclose(close_connection_pool=True)
+    pool, client = lean
+    await client.delete("lean:after-error")
+    await client.hset("lean:h", "f", "v")
+    sha = await client.script_load(COUNT)
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await pool.run_script(sha, COUNT, ["lean:h"], [])
+    assert await pool.run_script(sha, COUNT, ["lean:after-error"], []) == 1
 
 
 async def test_a_script_cancelled_midway_leaves_no_reply_for_the_next_caller(
-    redis_url: str,
+    lean: tuple[LeanPool, aioredis.Redis],
 ) -> None:
     slow = """
 local t = redis.call('TIME')
@@ -120,38 +124,30 @@ until (now[1] - t[1]) * 1000000 + (now[2] - t[2]) > 150000
 return 'slow'
 """
     echo = "return ARGV[1]"
-    pool = LeanPool.from_url(redis_url, max_connections=1, decode_responses=True)
-    client = aioredis.Redis(connection_pool=pool)
-    try:
-        slow_sha, echo_sha = await client.script_load(slow), await client.script_load(echo)
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.05):
-                await pool.run_script(slow_sha, slow, [], [])
-        # the only connection: a kept one would read 'slow' as this call's reply
-        assert await pool.run_script(echo_sha, echo, [], ["next"]) == "next"
-    finally:
-        await client.aclose(close_connection_pool=True)
+    pool, client = lean
+    slow_sha, echo_sha = await client.script_load(slow), await client.script_load(echo)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await pool.run_script(slow_sha, slow, [], [])
+    # the only connection: a kept one would read 'slow' as this call's reply
+    assert await pool.run_script(echo_sha, echo, [], ["next"]) == "next"
 
 
 async def test_a_script_on_a_connection_the_server_closed_fails_once_and_never_runs_twice(
-    redis_url: str,
+    lean: tuple[LeanPool, aioredis.Redis], redis_url: str
 ) -> None:
-    pool = LeanPool.from_url(redis_url, max_connections=1, decode_responses=True)
-    client = aioredis.Redis(connection_pool=pool)
+    pool, client = lean
+    await client.delete("lean:once")
+    sha = await client.script_load(COUNT)
+    assert await pool.run_script(sha, COUNT, ["lean:once"], []) == 1
+    other = aioredis.Redis.from_url(redis_url)
     try:
-        await client.delete("lean:once")
-        sha = await client.script_load(COUNT)
-        assert await pool.run_script(sha, COUNT, ["lean:once"], []) == 1
-        other = aioredis.Redis.from_url(redis_url)
-        try:
-            assert await other.client_kill_filter(_type="normal", skipme=True) >= 1
-        finally:
-            await other.aclose()
-        with pytest.raises(RedisConnectionError):
-            await pool.run_script(sha, COUNT, ["lean:once"], [])
-        assert await pool.run_script(sha, COUNT, ["lean:once"], []) == 2  # connected again
+        assert await other.client_kill_filter(_type="normal", skipme=True) >= 1
     finally:
-        await client.aclose(close_connection_pool=True)
+        await other.aclose()
+    with pytest.raises(RedisConnectionError):
+        await pool.run_script(sha, COUNT, ["lean:once"], [])
+    assert await pool.run_script(sha, COUNT, ["lean:once"], []) == 2  # connected again
 
 
 _ARGS = st.lists(

@@ -16,7 +16,7 @@ from otpd.app import Otpd
 from otpd.clock import FakeClock
 from otpd.config import Config, load_config
 from otpd.errors import UnavailableError
-from otpd.models import Channel, TaskRecord, TaskStatus
+from otpd.models import Channel, OtpIssued, TaskRecord, TaskStatus
 from otpd.store.base import Bucket, Limit, OtpRecord, QueuedTask
 from otpd.store.redis import RedisStore
 from otpd.totp import hotp, time_step
@@ -181,6 +181,25 @@ async def test_sms_otp_issue_costs_the_conversion_count_then_the_same_one_script
     assert "audit:{u:u1}" in issue
 
 
+async def issued_apart(config: Config, user_id: str, email: str) -> tuple[OtpIssued, str]:
+    """An email code issued by an API-only daemon on ``config`` (nothing delivered yet),
+    and the id of its task."""
+    async with Otpd(config, role="api") as api:
+        issued = await api.otp.issue(user_id=user_id, channel="email", email=email)
+    (delivery,) = issued.deliveries
+    return issued, delivery.task_id
+
+
+async def until_final(daemon: Otpd, task_ids: list[str]) -> list[TaskRecord]:
+    """The records of ``task_ids`` once each is sent or failed (within 10 s)."""
+    async with asyncio.timeout(10):
+        while True:
+            records = [await daemon.tasks.get(t) for t in task_ids]
+            if all(r.status in (TaskStatus.FAILED, TaskStatus.SENT) for r in records):
+                return records
+            await asyncio.sleep(0.02)
+
+
 async def test_a_delivery_checks_its_recipients_suppression_in_its_start_script(
     make_config: Callable[..., Config], raw: aioredis.Redis
 ) -> None:
@@ -192,17 +211,8 @@ async def test_a_delivery_checks_its_recipients_suppression_in_its_start_script(
         await api.suppressions.add("Ada@example.com", "complaint", source="webhook")
     task_ids = [held.deliveries[0].task_id, sent.deliveries[0].task_id]
     async with Otpd(config, role="worker") as worker:
-
-        async def delivered() -> None:
-            async with asyncio.timeout(10):
-                while True:
-                    records = [await worker.tasks.get(t) for t in task_ids]
-                    if all(r.status in (TaskStatus.FAILED, TaskStatus.SENT) for r in records):
-                        return
-                    await asyncio.sleep(0.02)
-
-        trips = await count_round_trips(raw, delivered)
-        failed, delivered_record = [await worker.tasks.get(t) for t in task_ids]
+        trips = await count_round_trips(raw, lambda: until_final(worker, task_ids))
+        failed, delivered_record = await until_final(worker, task_ids)
     assert failed.status is TaskStatus.FAILED and failed.last_error == "suppressed: complaint"
     assert failed.attempts == 0  # no attempt was recorded: nothing reached a provider
     assert delivered_record.status is TaskStatus.SENT
@@ -218,25 +228,17 @@ async def test_a_deliverys_audit_record_is_kept_by_its_final_status_script(
     make_config: Callable[..., Config], raw: aioredis.Redis
 ) -> None:
     config = make_config("redis", dispatch={"durable": True})
-    async with Otpd(config, role="api") as api:
-        issued = await api.otp.issue(user_id="u3", channel="email", email="cy@example.com")
-    (delivery,) = issued.deliveries
+    issued, task_id = await issued_apart(config, "u3", "cy@example.com")
     async with Otpd(config, role="worker") as worker:
-
-        async def delivered() -> None:
-            async with asyncio.timeout(10):
-                while (await worker.tasks.get(delivery.task_id)).status is not TaskStatus.SENT:
-                    await asyncio.sleep(0.02)
-            assert worker.audit._pending == []  # nothing left for the trail to write
-
-        trips = await count_round_trips(raw, delivered)
+        trips = await count_round_trips(raw, lambda: until_final(worker, [task_id]))
+        assert worker.audit._pending == []  # nothing left for the trail to write
         events, _ = await worker.audit.events(user_id="u3")
     # the record went with the final status, the acknowledgement and the body's removal
     (written,) = [c for c in trips if "audit:{u:u3}" in c]
     assert written.startswith("EVALSHA") and ":task:{q:" in written and "message_sent" in written
     sent, issue = events
     assert (sent["event"], issue["event"]) == ("message_sent", "otp_issued")
-    assert sent["task_id"] == delivery.task_id and sent["recipient"] == "c***@example.com"
+    assert sent["task_id"] == task_id and sent["recipient"] == "c***@example.com"
     assert (sent["otp_id"], sent["attempts"]) == (issued.otp_id, "1")
     assert "cy@example.com" not in written
 
@@ -245,9 +247,7 @@ async def test_a_final_status_written_again_after_a_failure_keeps_one_audit_reco
     make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = make_config("redis", dispatch={"durable": True})
-    async with Otpd(config, role="api") as api:
-        issued = await api.otp.issue(user_id="u4", channel="email", email="di@example.com")
-    (delivery,) = issued.deliveries
+    _, task_id = await issued_apart(config, "u4", "di@example.com")
     async with Otpd(config, role="worker") as worker:
         streams = worker.dispatcher.queue.streams  # type: ignore[attr-defined]
         real = streams.finish
@@ -260,14 +260,13 @@ async def test_a_final_status_written_again_after_a_failure_keeps_one_audit_reco
             return bool(await real(*args, **kwargs))
 
         monkeypatch.setattr(streams, "finish", refused_once)
-        async with asyncio.timeout(10):
-            while (await worker.tasks.get(delivery.task_id)).status is not TaskStatus.SENT:
-                await asyncio.sleep(0.02)
+        (record,) = await until_final(worker, [task_id])
+        assert record.status is TaskStatus.SENT
         await worker.audit.flush()
         events, _ = await worker.audit.events(user_id="u4", event="message_sent")
     # the record rode the refused write only; the trail wrote it once the status was saved
     assert calls == [True, False]
-    assert [e["task_id"] for e in events] == [delivery.task_id]
+    assert [e["task_id"] for e in events] == [task_id]
 
 
 async def test_an_audit_record_is_one_evalsha_into_the_users_stream_with_a_ttl(
