@@ -251,6 +251,9 @@ class RedisStore:
         self.layout = KeyLayout(config.key_prefix, partitions)  # public for tools and tests
         self._health = StoreHealth(metrics or Metrics())
         self._redis: aioredis.Redis | None = None
+        # the lean pool of a standalone or sentinel client, whose scripts skip the client's
+        # command machinery; None for a cluster or a closed store
+        self._lean: LeanPool | LeanSentinelPool | None = None
         self._sentinels: list[aioredis.Redis] = []  # the clients that ask where the master is
         self._watch: asyncio.Task[None] | None = None
         # at most max_connections operations at once, waiting up to pool_timeout_seconds
@@ -265,6 +268,8 @@ class RedisStore:
         if self._redis is not None:
             raise RuntimeError("RedisStore is already open")
         self._redis = self._client()
+        pool = getattr(self._redis, "connection_pool", None)  # a cluster client has none
+        self._lean = pool if isinstance(pool, LeanPool | LeanSentinelPool) else None
         if self.config.mode == "sentinel":
             self._watch = asyncio.create_task(self._follow_master(), name="otpd-sentinel-watch")
 
@@ -384,6 +389,7 @@ class RedisStore:
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
+        self._lean = None
         if self._redis is not None:
             redis, self._redis = self._redis, None
             if isinstance(redis, RedisCluster):
@@ -393,13 +399,6 @@ class RedisStore:
             sentinels, self._sentinels = self._sentinels, []
             for client in sentinels:
                 await client.aclose()
-
-    @property
-    def _lean(self) -> LeanPool | LeanSentinelPool | None:
-        """The lean pool of a standalone or sentinel client (its scripts skip the client's
-        command machinery); None for a cluster or a closed store."""
-        pool = getattr(self._redis, "connection_pool", None)  # a cluster client has none
-        return pool if isinstance(pool, LeanPool | LeanSentinelPool) else None
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -692,11 +691,9 @@ class RedisStore:
         audit_args: list[Any] = [0]
         if audit is not None:
             # the user's stream shares the code's hash tag: one slot, on a cluster too
-            stream, (now_ms, _, threshold, _, ttl_ms, record) = self._audit_args(
-                audit.record, audit.user_id, audit.retention_ms, audit.now
-            )
+            stream, six = self.audit_args(audit)
             audit_keys.append(stream)
-            audit_args = [1, now_ms, threshold, ttl_ms, record]
+            audit_args = [1, *six]
         reply = await self.script(
             "put_limited",
             [key, *limit_keys, *suppressed, *task_keys, *audit_keys],
@@ -736,11 +733,9 @@ class RedisStore:
         args: list[Any] = [code_hash, now]
         if audit is not None:
             # the user's stream shares the code's hash tag: one slot, on a cluster too
-            stream, (now_ms, _, threshold, _, ttl_ms, fields) = self._audit_args(
-                audit.record, audit.user_id, audit.retention_ms, audit.now
-            )
+            stream, audit_args = self.audit_args(audit)
             keys.append(stream)
-            args += [now_ms, threshold, ttl_ms, fields]
+            args += audit_args
         reply = _reply(_VERIFY_REPLY, await self.script("verify_otp", keys, args))
         ids = (
             reply["otp_id"],

@@ -5,8 +5,6 @@
 -- stream's newest entry (audit_add in the prelude).
 local ids = {}
 for k = 1, #KEYS do
-  local base = (k - 1) * 6
-  ids[k] = audit_add(KEYS[k], ARGV[base + 1], ARGV[base + 2], ARGV[base + 4], ARGV[base + 3],
-    ARGV[base + 5], cjson.decode(ARGV[base + 6]))
+  ids[k] = audit_add_argv(KEYS[k], (k - 1) * 6 + 1)
 end
 return ids

@@ -93,3 +93,14 @@ local function audit_add(key, now_ms, trim, exact, threshold, ttl_ms, fields)
   redis.call('PEXPIRE', key, ttl_ms)
   return added
 end
+
+-- audit_add of the record whose six arguments start at ARGV[b], as RedisStore.audit_args
+-- gives them to every script: now_ms, trim, threshold, exactness, ttl_ms, the fields as a
+-- JSON array [field, value, ...]; extra (field, value, ...) goes after those fields.
+local function audit_add_argv(key, b, extra)
+  local fields = cjson.decode(ARGV[b + 5])
+  for i = 1, #(extra or {}) do
+    fields[#fields + 1] = extra[i]
+  end
+  return audit_add(key, ARGV[b], ARGV[b + 1], ARGV[b + 3], ARGV[b + 2], ARGV[b + 4], fields)
+end

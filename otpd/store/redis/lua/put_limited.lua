@@ -10,8 +10,8 @@
 --   then (task record, ready stream) * t; then, with u = 1, the audit stream
 -- ARGV: now_ms, ttl_ms, member, n, (limit, window_ms, distinct, member) * n, s, t,
 --   (task_id, ttl_seconds, max_backlog, f, (field, value) * f/2) * t,
---   u (0 | 1), with u = 1: (audit now_ms, MINID of the retention, ttl_ms, the record's
---   fields as a JSON array field, value, ...), then (field, value) * m
+--   u (0 | 1), with u = 1 the six arguments of the audit record (audit_add_argv), then
+--   (field, value) * m
 -- -> {1, entry_id * t} stored | {0, limit_index, retry_ms} | {2, suppression_index, 0}
 --    | {3, task_index, 0} (its stream is full)
 local now = tonumber(ARGV[1])
@@ -43,7 +43,7 @@ end
 local audit_at = nil
 if ARGV[a] == '1' then
   audit_at = a + 1
-  a = a + 5
+  a = a + 7
 else
   a = a + 1
 end
@@ -69,8 +69,6 @@ for k = 1, t do
   reply[k + 1] = redis.call('XADD', stream, '*', 't', ARGV[b])
 end
 if audit_at then
-  local b = audit_at
-  audit_add(KEYS[n + s + 2 * t + 2], ARGV[b], 'MINID', '=', ARGV[b + 1], ARGV[b + 2],
-    cjson.decode(ARGV[b + 3]))
+  audit_add_argv(KEYS[n + s + 2 * t + 2], audit_at)
 end
 return reply

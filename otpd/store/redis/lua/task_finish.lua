@@ -16,7 +16,7 @@ if ARGV[2] ~= '' then
 end
 local a = 7
 if KEYS[4] then
-  audit_add(KEYS[4], ARGV[7], ARGV[8], ARGV[10], ARGV[9], ARGV[11], cjson.decode(ARGV[12]))
+  audit_add_argv(KEYS[4], 7)
   a = 13
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then

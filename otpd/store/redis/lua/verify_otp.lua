@@ -1,6 +1,6 @@
 -- KEYS[1] code hash, KEYS[2] (optional) the user's audit stream
--- ARGV: code_hash, now (seconds, like expires_at); with KEYS[2]: now_ms, the MINID of the
--- retention, ttl_ms, the audit record's fields known before (a JSON array field, value, ...)
+-- ARGV: code_hash, now (seconds, like expires_at); with KEYS[2] the six arguments of the
+-- audit record (audit_add_argv), with the fields known before the verify
 -- -> {reason, attempts_left, otp_id, channel, range_hash, created_at, tracked}; reason "ok"
 -- consumes the code. With KEYS[2] the verify's audit record is kept with the outcome's
 -- fields, as otpd.store.base.verify_audit_fields names them.
@@ -14,7 +14,7 @@ end
 local function reply(reason, left)
   if KEYS[2] then
     local ok = reason == 'ok'
-    local fields = cjson.decode(ARGV[6])
+    local fields = {}
     local function add(name, value)
       fields[#fields + 1] = name
       fields[#fields + 1] = value
@@ -25,7 +25,7 @@ local function reply(reason, left)
     add('result', ok and 'verified' or reason)
     if not ok then add('reason', reason) end
     add('attempts_left', tostring(ok and 0 or left))
-    audit_add(KEYS[2], ARGV[3], 'MINID', '=', ARGV[4], ARGV[5], fields)
+    audit_add_argv(KEYS[2], 3, fields)
   end
   return {reason, left, unpack(found)}
 end
