@@ -394,16 +394,16 @@ class Dispatcher:
             # what it carries no longer works: a late code only confuses its reader
             await self._finish(job, TaskStatus.FAILED, _EXPIRED, dead_letter=True)
             return
-        key = None if self.suppressions is None else self.suppressions.key_of(job.message.to)
+        suppressions = self.suppressions
+        key = None if suppressions is None else suppressions.key_of(job.message.to)
         admitting = record.attempts == 0 and self.admission is not None
         admitting = admitting and not job.message.limits_counted
         # the queue's start checks the suppression in its own step where it can (one round
         # trip less); not ahead of an admission, which a suppressed recipient must not use
         folded = key is not None and not admitting and self.queue.checks_suppression(job)
-        if key is not None and not folded:
+        if suppressions is not None and key is not None and not folded:
             # a store that cannot answer raises UnavailableError: the job is deferred
-            assert self.suppressions is not None
-            found = await self.suppressions.lookup(key)
+            found = await suppressions.lookup(key)
             if found is not None:
                 await self._finish(job, TaskStatus.FAILED, f"suppressed: {found.reason}")
                 return
@@ -563,20 +563,21 @@ class Dispatcher:
             job.record.provider = provider
         job.record.last_error = error
         self._touch(job, status)
-        draft = None
-        if release and self.audit is not None and self.queue.keeps_audit(job):
-            draft = _final_draft(self.audit, job, status, error)
-        kept = False
+        audit = self.audit
+        event, fields = _final_fields(job, status, error)
+        pending = None  # the record for the queue to keep with the status
+        if release and audit is not None and self.queue.keeps_audit(job):
+            pending = audit.draft(fields.get("user_id"), event, recipient=job.message.to, **fields)
+        kept: AuditDraft | None = None
         if release:
-            first = [draft]
 
             async def done() -> None:
                 # the record rides the first write only: one that failed may have been
                 # made, and a record twice is worse than the trail's own write below
-                nonlocal kept
-                audit, first[0] = first[0], None
-                await self.queue.done(job, dead_letter=dead, audit=audit)
-                kept = audit is not None
+                nonlocal pending, kept
+                riding, pending = pending, None
+                await self.queue.done(job, dead_letter=dead, audit=riding)
+                kept = riding
 
             await self._until_saved(job, done)
         else:
@@ -594,12 +595,11 @@ class Dispatcher:
             provider=job.record.provider,
             error=error or None,
         )
-        if self.audit is not None:
-            if kept and draft is not None:
-                event, fields = _final_fields(job, status, error)
-                self.audit.logged(event, masked=draft.record.get("recipient"), **fields)
+        if audit is not None:
+            if kept is not None:
+                audit.logged(event, masked=kept.record.get("recipient"), **fields)
             else:
-                await _audit_final(self.audit, job, status, error)
+                await audit.record(event, recipient=job.message.to, **fields)
         if status is TaskStatus.FAILED and self.failures is not None and job.record.otp_id:
             await self.failures.task_failed(replace(job.record))
 
@@ -622,13 +622,3 @@ def _final_fields(job: Job, status: TaskStatus, error: str) -> tuple[str, dict[s
     if record.provider:
         fields["provider"] = record.provider
     return ("message_sent" if status is TaskStatus.SENT else "message_failed"), fields
-
-
-def _final_draft(audit: AuditSink, job: Job, status: TaskStatus, error: str) -> AuditDraft | None:
-    event, fields = _final_fields(job, status, error)
-    return audit.draft(fields.get("user_id"), event, recipient=job.message.to, **fields)
-
-
-async def _audit_final(audit: AuditSink, job: Job, status: TaskStatus, error: str) -> None:
-    event, fields = _final_fields(job, status, error)
-    await audit.record(event, recipient=job.message.to, **fields)

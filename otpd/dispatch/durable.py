@@ -269,10 +269,14 @@ class DurableQueue:
         self._local.discard(job.record.task_id)
         self.ready.task_done()
 
-    def checks_suppression(self, job: Job) -> bool:
-        # not a job kept locally while Redis was away, and not on a cluster (the list's
-        # entries are on other slots than the task)
+    def _one_script(self, job: Job) -> bool:
+        """Whether the task's scripts can touch keys of other slots too: not for a job kept
+        locally while Redis was away, and not on a cluster (the suppression list and the
+        audit streams are on other slots than the task)."""
         return job.entry != "" and not self.streams.store.cluster
+
+    def checks_suppression(self, job: Job) -> bool:
+        return self._one_script(job)
 
     async def start(self, job: Job, unless_suppressed: str | None = None) -> bool | Suppression:
         record = job.record
@@ -294,8 +298,7 @@ class DurableQueue:
         return started
 
     def keeps_audit(self, job: Job) -> bool:
-        # as checks_suppression: the task's script, on one Redis
-        return job.entry != "" and not self.streams.store.cluster
+        return self._one_script(job)
 
     async def done(
         self, job: Job, *, dead_letter: bool = False, audit: AuditDraft | None = None
