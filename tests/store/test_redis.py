@@ -213,6 +213,8 @@ async def test_a_delivery_checks_its_recipients_suppression_in_its_start_script(
     async with Otpd(config, role="worker") as worker:
         trips = await count_round_trips(raw, lambda: until_final(worker, task_ids))
         failed, delivered_record = await until_final(worker, task_ids)
+        (refusal,), _ = await worker.audit.events(user_id="u1", event="message_failed")
+    assert (refusal["reason"], refusal["task_id"]) == ("suppressed", task_ids[0])
     assert failed.status is TaskStatus.FAILED and failed.last_error == "suppressed: complaint"
     assert failed.attempts == 0  # no attempt was recorded: nothing reached a provider
     assert delivered_record.status is TaskStatus.SENT
