@@ -15,8 +15,9 @@ when it is given back, so that no write goes to a demoted primary.
 
 :meth:`~_Lean.run_script` runs one script on one of the pool's connections without the
 client's command machinery (its retry wrapper, its timing and error hooks, its response
-callbacks): the ``EVALSHA`` of every hot path. Its command is packed by :func:`pack`, a
-third of the time of redis-py's packer for the ~80 arguments of an issue script.
+callbacks): the ``EVALSHA`` of every hot path. Its command is packed by :func:`pack`:
+hiredis's C packer (a tenth of the time of redis-py's for the ~120 arguments of an issue
+script), with the same bytes as redis-py's encoder.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from hiredis import pack_command
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import DataError, NoScriptError
@@ -35,7 +37,20 @@ __all__ = ["LeanPool", "LeanSentinelPool", "pack"]
 def pack(*args: EncodableT) -> bytes:
     """``args`` as one RESP command, encoded as redis-py's encoder does (``str`` as UTF-8,
     strictly; ``int`` and ``float`` by ``repr``; ``bytes`` as they are): the same bytes as
-    ``Connection.pack_command``, and the same ``DataError`` for any other type."""
+    ``Connection.pack_command``, and the same ``DataError`` for any other type.
+
+    hiredis packs the plain types; what it refuses (``bool``, an ``IntEnum``, a
+    ``bytearray``) goes through :func:`_pack_each`, which encodes or refuses it as
+    redis-py does."""
+    try:
+        # its stub types a one-item tuple; it takes any number of arguments
+        packed: bytes = pack_command(args)  # type: ignore[arg-type]
+    except TypeError:
+        return _pack_each(args)
+    return packed
+
+
+def _pack_each(args: tuple[EncodableT, ...]) -> bytes:
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
         if isinstance(arg, str):
