@@ -7,9 +7,13 @@ import base64
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
 
 import pytest
+import redis
 import redis.asyncio as aioredis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from otpd.app import Otpd
@@ -391,3 +395,28 @@ async def test_a_full_partition_refuses_the_issue_and_writes_nothing(
     assert (await rstore.verify_otp("u1", "login", "h" * 64, now)).otp_id == ""
     # the limit's one hit is still there to take
     assert await rstore.issue_otp("u1", _code(now), [lim], now) is None
+
+
+# the scripts' shared prelude, then a call of its equality
+_CT_EQUAL = (resources.files("otpd.store.redis") / "lua" / "limits.lua").read_text() + (
+    "\nreturn ct_equal(ARGV[1], ARGV[2]) and 1 or 0"
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(max_size=70),
+    st.one_of(st.binary(max_size=70), st.integers(0, 69), st.just(None)),
+)
+def test_the_scripts_constant_time_equality_answers_as_equality_does(
+    redis_url: str, a: bytes, other: bytes | int | None
+) -> None:
+    # None: the same bytes; an int: the same bytes but one, at that position (when inside)
+    if other is None:
+        b = a
+    elif isinstance(other, int):
+        b = a[:other] + bytes([a[other] ^ 0x80]) + a[other + 1 :] if other < len(a) else a + b"x"
+    else:
+        b = other
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.eval(_CT_EQUAL, 0, a, b) == int(a == b)
