@@ -49,22 +49,14 @@ else
 end
 record_hits(2, 5, n, now, member)
 redis.call('DEL', KEYS[1])
-local fields = {}
-for i = a, #ARGV do
-  fields[#fields + 1] = ARGV[i]
-end
-redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('HSET', KEYS[1], unpack(ARGV, a))
 redis.call('PEXPIRE', KEYS[1], ttl)
 local reply = {1}
 for k = 1, t do
   local b = task_args[k]
   local record, stream = KEYS[n + s + 2 * k], KEYS[n + s + 2 * k + 1]
-  local task_fields = {}
-  for i = b + 4, b + 3 + tonumber(ARGV[b + 3]) do
-    task_fields[#task_fields + 1] = ARGV[i]
-  end
   redis.call('DEL', record)
-  redis.call('HSET', record, unpack(task_fields))
+  redis.call('HSET', record, unpack(ARGV, b + 4, b + 3 + tonumber(ARGV[b + 3])))
   redis.call('EXPIRE', record, ARGV[b + 1])
   reply[k + 1] = redis.call('XADD', stream, '*', 't', ARGV[b])
 end

@@ -23,17 +23,9 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
 local m = tonumber(ARGV[6])
-local fields = {}
-for i = a, a - 1 + 2 * m do
-  fields[#fields + 1] = ARGV[i]
-end
-redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('HSET', KEYS[1], unpack(ARGV, a, a - 1 + 2 * m))
 if ARGV[3] == '1' then
-  local letter = {}
-  for i = a + 2 * m, #ARGV do
-    letter[#letter + 1] = ARGV[i]
-  end
-  local id = redis.call('XADD', KEYS[3], 'MINID', '~', ARGV[5], '*', unpack(letter))
+  local id = redis.call('XADD', KEYS[3], 'MINID', '~', ARGV[5], '*', unpack(ARGV, a + 2 * m))
   redis.call('HSET', KEYS[1], 'dead', id)
   local keep = tonumber(ARGV[4])
   if redis.call('TTL', KEYS[1]) < keep then

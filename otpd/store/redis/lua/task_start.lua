@@ -17,9 +17,5 @@ if KEYS[3] and redis.call('HEXISTS', KEYS[3], 'reason') == 1 then
   return redis.call('HGETALL', KEYS[3])
 end
 redis.call('XCLAIM', KEYS[2], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
-local fields = {}
-for i = 4, #ARGV do
-  fields[#fields + 1] = ARGV[i]
-end
-redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 return 1
