@@ -25,13 +25,21 @@ log = structlog.get_logger("otpd.outbox")
 
 def _write(directory: Path, suffix: str, tag: str, data: bytes) -> Path:
     # Small synchronous writes: the daemon runs no threads, and a dev file of a few KiB
-    # costs tens of microseconds. Written under a temporary name, then renamed, so a
-    # reader polling the directory never sees half a file.
+    # costs about ten microseconds on the file descriptor alone (twice that through
+    # pathlib's buffered file). Written under a temporary name, then renamed, so a reader
+    # polling the directory never sees half a file.
     name = f"{time.time_ns()}-{tag}-{secrets.token_hex(4)}{suffix}"
-    tmp = directory / f".{name}.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, directory / name)
-    return directory / name
+    tmp = f"{directory}/.{name}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+    final = directory / name
+    os.replace(tmp, final)
+    return final
 
 
 class _OutboxBase(Provider):
