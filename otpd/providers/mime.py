@@ -224,22 +224,30 @@ def _quoted_printable(text: str) -> bytes:
     encoded = binascii.b2a_qp(data.encode("utf-8", "replace"), istext=True)
     # b2a_qp breaks long lines with a bare LF when the text has no line break of its own
     encoded = encoded.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    if b"From " in encoded:
-        encoded = b"\r\n".join(_escape_from(line) for line in encoded.split(b"\r\n"))
+    # b2a_qp encodes white space at a line end only once the line is laid out: a line of
+    # 75 characters and a space comes out as 77 (RFC 2045 6.7 rule 5 allows 76)
+    trailing = b"=20\r\n" in encoded or b"=09\r\n" in encoded or encoded.endswith((b"=20", b"=09"))
+    if trailing or b"From " in encoded:
+        encoded = b"\r\n".join(_within_76(_escape_from(line)) for line in encoded.split(b"\r\n"))
     return encoded
 
 
 def _escape_from(line: bytes) -> bytes:
-    if not line.startswith(b"From "):
-        return line
-    line = b"=46" + line[1:]
-    if len(line) <= 76:
-        return line
-    # two characters longer than b2a_qp made it: a soft break, never inside "=XX"
-    cut = 75
-    while b"=" in line[cut - 2 : cut]:
-        cut -= 1
-    return line[:cut] + b"=\r\n" + line[cut:]
+    return b"=46" + line[1:] if line.startswith(b"From ") else line
+
+
+def _within_76(line: bytes) -> bytes:
+    """``line`` (of quoted-printable) with soft breaks where it is longer than 76
+    characters, never inside an ``=XX`` and never before ``From ``."""
+    pieces = []
+    while len(line) > 76:
+        cut = 75
+        while b"=" in line[cut - 2 : cut] or line.startswith(b"From ", cut):
+            cut -= 1
+        pieces.append(line[:cut] + b"=")
+        line = line[cut:]
+    pieces.append(line)
+    return b"\r\n".join(pieces)
 
 
 def _boundary(*bodies: bytes) -> bytes:
@@ -302,7 +310,11 @@ def build_email(message: Message, sender: EmailConfig, *, now: float | None = No
     else:
         headers.append("Content-Type: text/plain; charset=utf-8")
         headers.append("Content-Transfer-Encoding: quoted-printable")
-        # a soft line break ends the message with CRLF without adding one to the text
-        body = text if not text or text.endswith(b"\r\n") else text + b"=\r\n"
+        body = text
+        if text and not text.endswith(b"\r\n"):
+            # a soft line break ends the message with CRLF without adding one to the text;
+            # its "=" may take the last line past 76 characters
+            before, newline, last = text.rpartition(b"\r\n")
+            body = before + newline + _within_76(last + b"=") + b"\r\n"
     head = "\r\n".join(headers).encode("ascii")
     return BuiltEmail(head + b"\r\n\r\n" + body, message_id)

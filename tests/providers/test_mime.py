@@ -4,6 +4,7 @@ that decodes encoded words), exact headers, literal values, 7-bit lines within l
 from __future__ import annotations
 
 import base64
+import binascii
 import dataclasses
 import re
 import secrets
@@ -549,3 +550,26 @@ def test_any_text_parses_back_to_the_same_headers_and_bodies(
         assert body(parsed, "html") == crlf(html)
     assert all(len(line) <= 998 for line in built.data.split(b"\r\n"))
     assert all(byte < 128 for byte in built.data)
+
+
+# lines around the 76-character limit, ending in white space or not, some starting "From "
+EDGE_LINES = st.lists(
+    st.tuples(
+        st.sampled_from(["", "From ", "=", "."]),
+        st.integers(min_value=60, max_value=160),
+        st.sampled_from(["", " ", "\t", "  ", "=", "\u00e9"]),
+    ).map(lambda line: line[0] + "x" * (line[1] - len(line[0])) + line[2]),
+    min_size=1,
+    max_size=4,
+).map("\n".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=EDGE_LINES | ANY_TEXT)
+def test_any_body_is_quoted_printable_of_lines_within_76_characters(text: str) -> None:
+    built = build(message(text=text, html=""))
+    # 77 characters were written for 75 and a space (stdlib's b2a_qp), and for a last line
+    # of 76 and the soft break that ends a text without a newline (RFC 2045 6.7 rule 5)
+    assert_wire_clean(built.data)
+    _, _, encoded = built.data.partition(b"\r\n\r\n")
+    assert binascii.a2b_qp(encoded) == crlf(text).encode("utf-8", "replace")
