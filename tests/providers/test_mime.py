@@ -573,3 +573,6 @@ def test_any_body_is_quoted_printable_of_lines_within_76_characters(text: str) -
     assert_wire_clean(built.data)
     _, _, encoded = built.data.partition(b"\r\n\r\n")
     assert binascii.a2b_qp(encoded) == crlf(text).encode("utf-8", "replace")
+    lines = encoded.split(b"\r\n")
+    assert b"." not in lines  # SMTP's end of data, were it not dot-stuffed
+    assert not any(line.endswith((b" ", b"\t")) for line in lines)
