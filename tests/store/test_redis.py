@@ -420,3 +420,15 @@ def test_the_scripts_constant_time_equality_answers_as_equality_does(
         b = other
     with redis.Redis.from_url(redis_url) as client:
         assert client.eval(_CT_EQUAL, 0, a, b) == int(a == b)
+
+
+@pytest.mark.parametrize("size", [255, 256, 257, 40_000])
+def test_the_scripts_constant_time_equality_takes_long_strings_in_chunks(
+    redis_url: str, size: int
+) -> None:
+    a = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.eval(_CT_EQUAL, 0, a, a) == 1
+        for at in (0, size // 2, size - 1):
+            b = a[:at] + bytes([a[at] ^ 1]) + a[at + 1 :]
+            assert client.eval(_CT_EQUAL, 0, a, b) == 0

@@ -47,8 +47,9 @@ local function record_hits(k0, a0, n, now, member)
 end
 
 -- Constant-time equality: the time taken does not depend on where two strings differ
--- (only on their length). Four bytes at a time, read by struct.unpack (in C); the last
--- few bytes one by one. A byte at a time took 8 us for a 64-character digest.
+-- (only on their length). Four bytes at a time, read by struct.unpack (in C) at most 64
+-- words per call (what one call returns stays far below Lua's stack limit); the last few
+-- bytes one by one. A byte at a time took 8 us for a 64-character digest.
 local function ct_equal(a, b)
   local n = #a
   if n ~= #b then
@@ -57,12 +58,16 @@ local function ct_equal(a, b)
   local bor, bxor = bit.bor, bit.bxor
   local words = math.floor(n / 4)
   local acc = 0
-  if words > 0 then
-    local format = '>' .. string.rep('I4', words)
-    local x, y = {struct.unpack(format, a)}, {struct.unpack(format, b)}
-    for i = 1, words do
+  local done = 0
+  while done < words do
+    local k = math.min(64, words - done)
+    local format = '>' .. string.rep('I4', k)
+    local x = {struct.unpack(format, a, 4 * done + 1)}
+    local y = {struct.unpack(format, b, 4 * done + 1)}
+    for i = 1, k do
       acc = bor(acc, bxor(x[i], y[i]))
     end
+    done = done + k
   end
   for i = 4 * words + 1, n do
     acc = bor(acc, bxor(string.byte(a, i), string.byte(b, i)))
