@@ -12,6 +12,7 @@ could be read as an encoded word, as base64 encoded words of its whole text.
 from __future__ import annotations
 
 import base64
+import binascii
 import re
 import secrets
 import time
@@ -219,8 +220,8 @@ def _date(now: float) -> str:
 # breaks are written as "=XX" (rules 1 to 3), and so is white space at a line end; a line
 # is at most 76 characters, the "=" of a soft line break included (rule 5).
 _QP_MAX = 76
+_QP_SHORT = 1024  # bytes: a shorter text goes to b2a_qp whatever it holds
 _QP_PLAIN = bytes(range(0x20, 0x7F)) + b"\t\n"
-_QP_SPECIAL = re.compile(rb"[^\t\n\x20-\x7e]")
 _QP_TRAILING = re.compile(rb"[\t ](?=\n|\Z)")
 _QP_FROM = re.compile(rb"^From ", re.MULTILINE)
 _QP_DOT = re.compile(rb"^\.$", re.MULTILINE)
@@ -231,21 +232,25 @@ def _quoted_printable(text: str) -> bytes:
     characters never cut inside an ``=XX``; white space at a line end, a lone ``.`` (SMTP's
     end of data) and ``From `` at a line start (which mbox writers change) are encoded.
 
-    Each step is one C-level pass (most of them only a search, for a text that needs
-    nothing more); only lines past 76 characters are cut in Python. stdlib's
-    ``binascii.b2a_qp`` took twice as long, and wrote 77 characters for a 75-character
+    A text of printable ASCII past 1 KiB (most of an English template) takes a few
+    C-level passes, most of them only a search; a shorter one, or one with other bytes
+    (another language), is escaped by ``binascii.b2a_qp``, in C too. Either way only lines
+    past 76 characters are cut in Python: b2a_qp writes 77 characters for a 75-character
     line that ends in a space."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     data = text.encode("utf-8", "replace")
-    if b"=" in data:
-        data = data.replace(b"=", b"=3D")  # from here on every "=" begins an "=XX"
-    if data.translate(None, _QP_PLAIN):
-        data = _QP_SPECIAL.sub(_qp_escape, data)
-    # (a search for one byte is far quicker than one for two: a tab is looked for first)
-    tab_end = b"\t" in data and b"\t\n" in data
-    if tab_end or b" \n" in data or data.endswith((b" ", b"\t")):
-        data = _QP_TRAILING.sub(_qp_escape, data)
+    if len(data) < _QP_SHORT or data.translate(None, _QP_PLAIN):
+        # every byte past ASCII an "=XX" of its own: b2a_qp's loop beats a regex callback
+        # (and its one pass beats several searches over a short text)
+        data = binascii.b2a_qp(data, istext=True)  # LF line ends in, LF line ends out
+    else:
+        if b"=" in data:
+            data = data.replace(b"=", b"=3D")  # from here on every "=" begins an "=XX"
+        # (a search for one byte is far quicker than one for two: a tab is looked for first)
+        tab_end = b"\t" in data and b"\t\n" in data
+        if tab_end or b" \n" in data or data.endswith((b" ", b"\t")):
+            data = _QP_TRAILING.sub(_qp_escape, data)
     if b"From " in data:
         data = _QP_FROM.sub(b"=46rom ", data)
     lines = data.split(b"\n")
