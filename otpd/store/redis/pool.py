@@ -26,48 +26,29 @@ from collections.abc import Sequence
 from typing import Any
 
 from hiredis import pack_command
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.connection import AbstractConnection, Connection, ConnectionPool
 from redis.asyncio.sentinel import SentinelConnectionPool
-from redis.exceptions import DataError, NoScriptError
+from redis.exceptions import NoScriptError
 from redis.typing import EncodableT
 
 __all__ = ["LeanPool", "LeanSentinelPool", "pack"]
 
 
-def pack(*args: EncodableT) -> bytes:
-    """``args`` as one RESP command, encoded as redis-py's encoder does (``str`` as UTF-8,
-    strictly; ``int`` and ``float`` by ``repr``; ``bytes`` as they are): the same bytes as
-    ``Connection.pack_command``, and the same ``DataError`` for any other type.
+# an unconnected redis-py connection, for its (Python) packer alone
+_REDIS_PY = Connection()
 
-    hiredis packs the plain types; what it refuses (``bool``, an ``IntEnum``, a
-    ``bytearray``) goes through :func:`_pack_each`, which encodes or refuses it as
-    redis-py does."""
+
+def pack(*args: EncodableT) -> bytes:
+    """``args`` as one RESP command: the bytes of redis-py's ``Connection.pack_command``,
+    and its ``DataError`` for a type it does not encode. hiredis packs the plain types
+    (``str``, ``bytes``, ``int``, ``float``) in C; what it refuses (``bool``, an
+    ``IntEnum``, a ``bytearray``) goes to redis-py's own packer."""
     try:
         # its stub types a one-item tuple; it takes any number of arguments
         packed: bytes = pack_command(args)  # type: ignore[arg-type]
     except TypeError:
-        return _pack_each(args)
+        return b"".join(_REDIS_PY.pack_command(*args))
     return packed
-
-
-def _pack_each(args: tuple[EncodableT, ...]) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, str):
-            data = arg.encode()
-        elif isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, int | float) and not isinstance(arg, bool):
-            data = repr(arg).encode()
-        elif isinstance(arg, memoryview):
-            data = arg.tobytes()
-        else:
-            raise DataError(
-                f"Invalid input of type: '{type(arg).__name__}'. "
-                "Convert to a bytes, string, int or float first."
-            )
-        out += (b"$%d\r\n" % len(data), data, b"\r\n")
-    return b"".join(out)
 
 
 class _Lean(ConnectionPool):
