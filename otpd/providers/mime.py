@@ -227,10 +227,12 @@ _QP_FROM = re.compile(rb"^From ", re.MULTILINE)
 _QP_DOT = re.compile(rb"^\.$", re.MULTILINE)
 
 
-def _quoted_printable(text: str) -> bytes:
+def _quoted_printable(text: str, *, closed: bool = False) -> bytes:
     """``text`` as quoted-printable with CRLF line endings: 7-bit, lines of at most 76
     characters never cut inside an ``=XX``; white space at a line end, a lone ``.`` (SMTP's
     end of data) and ``From `` at a line start (which mbox writers change) are encoded.
+    ``closed``: the result ends with CRLF, by a soft line break when the text has no final
+    newline (the end of a message's only part, which adds no line to the text).
 
     A text of printable ASCII past 1 KiB (most of an English template) takes a few
     C-level passes, most of them only a search; a shorter one, or one with other bytes
@@ -257,9 +259,12 @@ def _quoted_printable(text: str) -> bytes:
     if b"." in lines:
         data = _QP_DOT.sub(b"=2E", data)
         lines = data.split(b"\n")
+    if closed and data and not data.endswith(b"\n"):
+        lines[-1] += b"="
+        lines.append(b"")
     if max(map(len, lines)) > _QP_MAX:
-        data = b"\n".join([line if len(line) <= _QP_MAX else _qp_fold(line) for line in lines])
-    return data.replace(b"\n", b"\r\n")
+        return b"\r\n".join([line if len(line) <= _QP_MAX else _qp_fold(line) for line in lines])
+    return b"\r\n".join(lines)
 
 
 def _qp_escape(match: re.Match[bytes]) -> bytes:
@@ -267,7 +272,7 @@ def _qp_escape(match: re.Match[bytes]) -> bytes:
 
 
 def _qp_fold(line: bytes) -> bytes:
-    """An encoded line past 76 characters as soft-broken lines (LF ends) of at most 75
+    """An encoded line past 76 characters as soft-broken lines (CRLF ends) of at most 75
     characters and an ``=``: never cut within an ``=XX``, and no piece begins with
     ``From `` (a piece is at least two characters, so none is a lone ``.``)."""
     pieces = []
@@ -285,12 +290,7 @@ def _qp_fold(line: bytes) -> bytes:
         pieces.append(line[start:cut])
         start = cut
     pieces.append(line[start:])
-    return b"=\n".join(pieces)
-
-
-def _within_76(line: bytes) -> bytes:
-    """A line of quoted-printable with CRLF soft breaks where it is past 76 characters."""
-    return _qp_fold(line).replace(b"\n", b"\r\n")
+    return b"=\r\n".join(pieces)
 
 
 def _boundary(*bodies: bytes) -> bytes:
@@ -326,7 +326,7 @@ def build_email(message: Message, sender: EmailConfig, *, now: float | None = No
         "Auto-Submitted: auto-generated",
     ]
     headers += [_text_header(custom_header_name(name), value) for name, value in message.headers]
-    text = _quoted_printable(message.text)
+    text = _quoted_printable(message.text, closed=not message.html)
     if message.html:
         html = _quoted_printable(message.html)
         boundary = _boundary(text, html)
@@ -354,10 +354,5 @@ def build_email(message: Message, sender: EmailConfig, *, now: float | None = No
         headers.append("Content-Type: text/plain; charset=utf-8")
         headers.append("Content-Transfer-Encoding: quoted-printable")
         body = text
-        if text and not text.endswith(b"\r\n"):
-            # a soft line break ends the message with CRLF without adding one to the text;
-            # its "=" may take the last line past 76 characters
-            before, newline, last = text.rpartition(b"\r\n")
-            body = before + newline + _within_76(last + b"=") + b"\r\n"
     head = "\r\n".join(headers).encode("ascii")
     return BuiltEmail(head + b"\r\n\r\n" + body, message_id)

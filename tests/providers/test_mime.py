@@ -13,7 +13,7 @@ from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from otpd.config import EmailConfig
@@ -569,6 +569,9 @@ EDGE_ASCII = _edge_lines(["", " ", "\t", "  ", "=", "."], 18, 30)
 
 @settings(max_examples=300, deadline=None)
 @given(text=EDGE_LINES | EDGE_ASCII | ANY_TEXT)
+@example(text="x" * 75 + " \nnext")  # b2a_qp alone: 77 characters
+@example(text="x" * 76)  # the closing soft break of a text without a final newline
+@example(text="x" * 2000 + " ")  # the same, past 1 KiB
 def test_any_body_is_quoted_printable_of_lines_within_76_characters(text: str) -> None:
     built = build(message(text=text, html=""))
     # 77 characters were written for 75 and a space (stdlib's b2a_qp), and for a last line
