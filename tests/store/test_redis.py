@@ -8,7 +8,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -24,6 +24,7 @@ from otpd.errors import UnavailableError
 from otpd.models import Channel, OtpIssued, TaskRecord, TaskStatus
 from otpd.store.base import Bucket, Limit, OtpRecord, QueuedTask
 from otpd.store.redis import RedisStore
+from otpd.store.redis.streams import TaskStreams
 from otpd.totp import hotp, time_step
 from tests.conftest import free_port, outbox_files
 
@@ -281,18 +282,18 @@ async def test_a_final_status_written_again_after_a_failure_keeps_one_audit_reco
 ) -> None:
     config = make_config("redis", dispatch={"durable": True})
     _, task_id = await issued_apart(config, "u4", "di@example.com")
+    real = TaskStreams.finish
+    calls: list[bool] = []
+
+    async def refused_once(self: TaskStreams, *args: Any, **kwargs: Any) -> bool:
+        calls.append(kwargs.get("audit") is not None)
+        if len(calls) == 1:  # the store refuses the first write: nothing was made
+            raise UnavailableError("the store is unavailable")
+        return await real(self, *args, **kwargs)
+
+    # in place before the worker opens: its delivery may start and end as it opens
+    monkeypatch.setattr(TaskStreams, "finish", refused_once)
     async with Otpd(config, role="worker") as worker:
-        streams = worker.dispatcher.queue.streams  # type: ignore[attr-defined]
-        real = streams.finish
-        calls: list[bool] = []
-
-        async def refused_once(*args: object, **kwargs: object) -> bool:
-            calls.append(kwargs.get("audit") is not None)
-            if len(calls) == 1:  # the store refuses the first write: nothing was made
-                raise UnavailableError("the store is unavailable")
-            return bool(await real(*args, **kwargs))
-
-        monkeypatch.setattr(streams, "finish", refused_once)
         (record,) = await until_final(worker, [task_id])
         assert record.status is TaskStatus.SENT
         await worker.audit.flush()
