@@ -151,6 +151,143 @@ async def test_a_script_on_a_connection_the_server_closed_fails_once_and_never_r
     assert await pool.run_script(sha, COUNT, ["lean:once"], []) == 2  # connected again
 
 
+ECHO = "return ARGV[1]"
+SLOW = """
+local t = redis.call('TIME')
+local now
+repeat
+  now = redis.call('TIME')
+until (now[1] - t[1]) * 1000000 + (now[2] - t[2]) > tonumber(ARGV[1]) * 1000
+redis.call('INCR', KEYS[1])
+return 'slow'
+"""
+
+
+async def test_the_calls_of_one_turn_go_out_together_on_one_connection_each_with_its_reply(
+    redis_url: str,
+) -> None:
+    pool = LeanPool.from_url(
+        redis_url, max_connections=1, decode_responses=True, client_name="lean-batch"
+    )
+    client = aioredis.Redis(connection_pool=pool)
+    try:
+        sha = await client.script_load(ECHO)
+        before = int((await client.info("stats"))["total_connections_received"])
+        # twenty at once on a pool of one connection: one batch, not a refusal
+        replies = await asyncio.gather(
+            *(pool.run_script(sha, ECHO, [], [f"n{i}"]) for i in range(20))
+        )
+        assert replies == [f"n{i}" for i in range(20)]
+        assert int((await client.info("stats"))["total_connections_received"]) == before
+        assert len(pool._available_connections) == 1
+    finally:
+        await client.aclose(close_connection_pool=True)
+
+
+async def test_an_error_reply_in_a_batch_reaches_its_own_caller_only(
+    lean: tuple[LeanPool, aioredis.Redis],
+) -> None:
+    pool, client = lean
+    await client.delete("lean:b1", "lean:b2")
+    await client.hset("lean:bh", "f", "v")
+    sha = await client.script_load(COUNT)
+    replies = await asyncio.gather(
+        pool.run_script(sha, COUNT, ["lean:b1"], []),
+        pool.run_script(sha, COUNT, ["lean:bh"], []),
+        pool.run_script(sha, COUNT, ["lean:b2"], []),
+        return_exceptions=True,
+    )
+    assert replies[0] == 1 and replies[2] == 1
+    assert isinstance(replies[1], ResponseError) and "WRONGTYPE" in str(replies[1])
+
+
+async def test_scripts_the_server_lost_run_once_each_within_their_batch(
+    lean: tuple[LeanPool, aioredis.Redis],
+) -> None:
+    pool, client = lean
+    keys = [f"lean:lost{i}" for i in range(6)]
+    await client.delete(*keys)
+    count_sha, echo_sha = await client.script_load(COUNT), await client.script_load(ECHO)
+    await client.script_flush()  # as after a restart or a failover
+    calls = [pool.run_script(count_sha, COUNT, [key], []) for key in keys]
+    calls += [pool.run_script(echo_sha, ECHO, [], [f"e{i}"]) for i in range(3)]
+    replies = await asyncio.gather(*calls)
+    assert replies == [1] * 6 + ["e0", "e1", "e2"]  # each ran exactly once
+    assert await client.script_exists(count_sha, echo_sha) == [True, True]
+
+
+async def test_a_call_cancelled_before_its_batch_is_sent_never_runs(
+    lean: tuple[LeanPool, aioredis.Redis],
+) -> None:
+    pool, client = lean
+    await client.delete("lean:unsent", "lean:sent")
+    sha = await client.script_load(COUNT)
+    unsent = asyncio.create_task(pool.run_script(sha, COUNT, ["lean:unsent"], []))
+    sent = asyncio.create_task(pool.run_script(sha, COUNT, ["lean:sent"], []))
+    await asyncio.sleep(0)  # both joined one batch; it is not sent yet
+    unsent.cancel()
+    assert await sent == 1
+    with pytest.raises(asyncio.CancelledError):
+        await unsent
+    assert await client.get("lean:unsent") is None
+
+
+async def test_a_batch_whose_callers_all_gave_up_closes_its_connection(
+    lean: tuple[LeanPool, aioredis.Redis],
+) -> None:
+    pool, client = lean
+    await client.delete("lean:slow")
+    slow_sha, echo_sha = await client.script_load(SLOW), await client.script_load(ECHO)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await asyncio.gather(
+                pool.run_script(slow_sha, SLOW, ["lean:slow"], [150]),
+                pool.run_script(slow_sha, SLOW, ["lean:slow"], [0]),
+            )
+    await asyncio.sleep(0.01)
+    assert not pool._exchanges  # not waiting 150 ms for replies nobody reads
+    # on the only connection: a kept one would read 'slow' as this call's reply
+    assert await pool.run_script(echo_sha, ECHO, [], ["next"]) == "next"
+
+
+async def test_a_batch_waits_for_a_connection_held_by_another_batch(
+    lean: tuple[LeanPool, aioredis.Redis],
+) -> None:
+    pool, client = lean
+    await client.delete("lean:held")
+    slow_sha, echo_sha = await client.script_load(SLOW), await client.script_load(ECHO)
+    first = asyncio.create_task(pool.run_script(slow_sha, SLOW, ["lean:held"], [100]))
+    await asyncio.sleep(0.02)  # the first batch holds the only connection
+    assert await pool.run_script(echo_sha, ECHO, [], ["second"]) == "second"
+    assert first.done() and first.result() == "slow"
+
+
+async def test_a_batch_past_its_deadline_fails_and_its_connection_is_closed(
+    lean: tuple[LeanPool, aioredis.Redis],
+) -> None:
+    pool, client = lean
+    await client.delete("lean:late")
+    slow_sha, echo_sha = await client.script_load(SLOW), await client.script_load(ECHO)
+    pool.deadline = 0.05
+    with pytest.raises(TimeoutError):
+        await pool.run_script(slow_sha, SLOW, ["lean:late"], [150])
+    await asyncio.sleep(0.2)
+    assert await pool.run_script(echo_sha, ECHO, [], ["next"]) == "next"
+    assert await client.get("lean:late") == "1"  # it ran once, and only once
+
+
+async def test_closing_the_pool_fails_the_batches_still_waiting(redis_url: str) -> None:
+    pool = LeanPool.from_url(redis_url, max_connections=1, decode_responses=True)
+    client = aioredis.Redis(connection_pool=pool)
+    slow_sha = await client.script_load(SLOW)
+    waiting = asyncio.create_task(pool.run_script(slow_sha, SLOW, ["lean:closing"], [200]))
+    await asyncio.sleep(0.02)
+    await client.aclose(close_connection_pool=True)
+    with pytest.raises(RedisConnectionError):
+        await waiting
+    assert not pool._exchanges
+
+
 class _Level(enum.IntEnum):
     LOW = 1
     HIGH = 2

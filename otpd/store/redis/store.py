@@ -270,6 +270,8 @@ class RedisStore:
         self._redis = self._client()
         pool = getattr(self._redis, "connection_pool", None)  # a cluster client has none
         self._lean = pool if isinstance(pool, LeanPool | LeanSentinelPool) else None
+        if self._lean is not None:
+            self._lean.deadline = self.config.socket_timeout_seconds
         if self.config.mode == "sentinel":
             self._watch = asyncio.create_task(self._follow_master(), name="otpd-sentinel-watch")
 
