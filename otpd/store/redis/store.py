@@ -408,8 +408,10 @@ class RedisStore:
             raise UnavailableError("the store is not open")
         return self._redis
 
-    async def call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run one store operation; every redis-py failure becomes UnavailableError."""
+    async def call(self, op: str, fn: Callable[[], Awaitable[T]], *, timed: bool = True) -> T:
+        """Run one store operation; every redis-py failure becomes UnavailableError.
+        ``timed=False``: ``fn`` keeps to store.socket_timeout_seconds by itself (a lean
+        pool's script batch has that deadline), so no timer of its own is set."""
         gate = self._gate
         if gate.locked():
             # every connection is busy: wait for one as long as store.pool_timeout_seconds
@@ -424,13 +426,14 @@ class RedisStore:
         else:
             await gate.acquire()
         try:
-            return await self._call(op, fn)
+            return await self._call(op, fn, timed)
         finally:
             gate.release()
 
-    async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, op: str, fn: Callable[[], Awaitable[T]], timed: bool = True) -> T:
         try:
-            if self.cluster:  # the cluster client times each command and retries by itself
+            if self.cluster or not timed:
+                # the cluster client times each command and retries by itself
                 result = await fn()
             else:
                 async with asyncio.timeout(self.config.socket_timeout_seconds):
@@ -466,7 +469,7 @@ class RedisStore:
         pool = self._lean
         if pool is not None:
             return await self.call(
-                name, lambda: pool.run_script(script.sha, script.script, keys, args)
+                name, lambda: pool.run_script(script.sha, script.script, keys, args), timed=False
             )
         return await self.call(name, lambda: script(keys=list(keys), args=list(args)))
 
