@@ -39,14 +39,17 @@ class Hasher:
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 32:
             raise ValueError("the HMAC key must be at least 32 bytes")
-        self._secret = secret
+        # keyed once: each digest starts from a copy (the key's two hash blocks done)
+        self._keyed = hmac.new(secret, digestmod=hashlib.sha256)
 
     def digest(self, domain: str, *parts: str) -> str:
-        mac = hmac.new(self._secret, digestmod=hashlib.sha256)
+        framed = []
         for part in (domain, *parts):
             data = part.encode()
-            mac.update(len(data).to_bytes(4, "big"))
-            mac.update(data)
+            framed.append(len(data).to_bytes(4, "big"))
+            framed.append(data)
+        mac = self._keyed.copy()
+        mac.update(b"".join(framed))
         return mac.hexdigest()
 
     @staticmethod
