@@ -8,6 +8,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -26,7 +27,7 @@ from otpd.store.base import Bucket, Limit, OtpRecord, QueuedTask
 from otpd.store.redis import RedisStore
 from otpd.store.redis.streams import TaskStreams
 from otpd.totp import hotp, time_step
-from tests.conftest import free_port, outbox_files
+from tests.conftest import free_port, outbox_files, redis_server
 
 T = TypeVar("T")
 
@@ -460,3 +461,43 @@ def test_the_scripts_constant_time_equality_takes_long_strings_in_chunks(
         for at in (0, size // 2, size - 1):
             b = a[:at] + bytes([a[at] ^ 1]) + a[at + 1 :]
             assert client.eval(_CT_EQUAL, 0, a, b) == 0
+
+
+async def test_many_hashes_are_read_in_one_evalsha_in_order_with_nothing_for_gone_ones(
+    rstore: RedisStore, raw: aioredis.Redis, key_prefix: str
+) -> None:
+    keys = [f"{key_prefix}h:{i}" for i in range(3)]
+    await raw.hset(keys[0], mapping={"a": "1", "b": "two"})
+    await raw.hset(keys[2], mapping={"c": "3"})
+    got: list[dict[str, str]] = []
+
+    async def read() -> None:
+        got.extend(await rstore.hashes("read_tasks", keys))
+
+    sent = await count_round_trips(raw, read)
+    assert [c.split()[0] for c in sent] == ["EVALSHA"]
+    assert got == [{"a": "1", "b": "two"}, {}, {"c": "3"}]
+    assert await rstore.hashes("read_tasks", []) == []
+
+
+async def test_hashes_are_read_while_redis_is_out_of_memory(
+    tmp_path: Path, key_prefix: str
+) -> None:
+    with redis_server(tmp_path) as url:
+        cfg = load_config(
+            data={"store": {"backend": "redis", "redis_url": url, "key_prefix": key_prefix}},
+            env={},
+        )
+        async with RedisStore(cfg.store) as store:
+            raw = aioredis.Redis.from_url(url, decode_responses=True)
+            try:
+                await raw.hset(f"{key_prefix}h:task", mapping={"status": "queued"})
+                await raw.config_set("maxmemory", 1)  # every write refused from here on
+                with pytest.raises(redis.exceptions.OutOfMemoryError):
+                    await raw.hset(f"{key_prefix}h:other", "f", "v")
+                assert await store.hashes("read_tasks", [f"{key_prefix}h:task"]) == [
+                    {"status": "queued"}
+                ]
+            finally:
+                await raw.config_set("maxmemory", 0)
+                await raw.aclose()

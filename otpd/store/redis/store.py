@@ -85,6 +85,7 @@ _SCRIPTS = (
     "task_start",
     "task_ack",
     "task_finish",
+    "hashes_of",
     "task_retry",
     "task_promote",
     "task_replay",
@@ -146,7 +147,13 @@ def load_script(name: str, *, shebang: bool = False) -> str:
     """
     lua = resources.files("otpd.store.redis") / "lua"
     source = (lua / "limits.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
-    return "#!lua\n" + source if shebang else source
+    if not shebang:
+        return source
+    return ("#!lua flags=no-writes\n" if name in _READ_ONLY else "#!lua\n") + source
+
+
+# scripts that only read: Redis runs them when it is out of memory too
+_READ_ONLY = frozenset({"hashes_of"})
 
 
 _MASTER_CHECK_SECONDS = 0.5  # sentinel mode: how often the master's address is checked
@@ -511,6 +518,25 @@ class RedisStore:
                 raise UnreplicatedWrite(f"{acked} of {self._acks} replicas acknowledged the write")
             return replies
         raise AssertionError("unreachable")
+
+    async def hashes(self, op: str, keys: Sequence[str]) -> list[dict[str, str]]:
+        """The fields of each hash in ``keys`` (``{}`` for a key that is gone), in one
+        round trip: one read-only script where its keys may share a node and no write
+        waits for replicas, else a pipeline of ``HGETALL`` (a cluster spreads the keys
+        over slots; ``WAIT`` after a read would refuse it for replicas behind)."""
+        if not keys:
+            return []
+        if self._lean is not None and not self._acks and not self.cluster:
+            replies = await self.script("hashes_of", keys, [])
+            return [dict(zip(r[::2], r[1::2], strict=True)) for r in replies]
+
+        async def read() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    _ = pipe.hgetall(key)
+                return await pipe.execute()
+
+        return [r or {} for r in await self.call(op, read)]
 
     def _limit_args(self, limits: Sequence[Limit]) -> tuple[list[str], list[int | str]]:
         keys = [self.layout.limit(lim.bucket, lim.window) for lim in limits]

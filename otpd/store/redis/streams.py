@@ -165,16 +165,10 @@ class TaskStreams:
     async def _with_records(self, found: list[tuple[int, str, str]]) -> list[StreamEntry]:
         if not found:
             return []
-
-        async def records() -> list[Any]:
-            async with self.store.redis.pipeline(transaction=False) as pipe:
-                for _, _, task_id in found:
-                    _ = pipe.hgetall(self.layout.task(task_id))
-                return await pipe.execute()
-
-        raw = await self.store.call("read_tasks", records)
+        keys = [self.layout.task(task_id) for _, _, task_id in found]
+        raw = await self.store.hashes("read_tasks", keys)
         return [
-            StreamEntry(p, entry_id, task_id, rec or {})
+            StreamEntry(p, entry_id, task_id, rec)
             for (p, entry_id, task_id), rec in zip(found, raw, strict=True)
         ]
 
