@@ -163,25 +163,28 @@ return 'slow'
 """
 
 
+@pytest.fixture
+async def slow(
+    lean: tuple[LeanPool, aioredis.Redis],
+) -> tuple[LeanPool, aioredis.Redis, str, str]:
+    """The one-connection pool with SLOW (its key ``lean:slow`` cleared) and ECHO loaded:
+    the pool, its client and the two digests."""
+    pool, client = lean
+    await client.delete("lean:slow")
+    return pool, client, await client.script_load(SLOW), await client.script_load(ECHO)
+
+
 async def test_the_calls_of_one_turn_go_out_together_on_one_connection_each_with_its_reply(
-    redis_url: str,
+    lean: tuple[LeanPool, aioredis.Redis],
 ) -> None:
-    pool = LeanPool.from_url(
-        redis_url, max_connections=1, decode_responses=True, client_name="lean-batch"
-    )
-    client = aioredis.Redis(connection_pool=pool)
-    try:
-        sha = await client.script_load(ECHO)
-        before = int((await client.info("stats"))["total_connections_received"])
-        # twenty at once on a pool of one connection: one batch, not a refusal
-        replies = await asyncio.gather(
-            *(pool.run_script(sha, ECHO, [], [f"n{i}"]) for i in range(20))
-        )
-        assert replies == [f"n{i}" for i in range(20)]
-        assert int((await client.info("stats"))["total_connections_received"]) == before
-        assert len(pool._available_connections) == 1
-    finally:
-        await client.aclose(close_connection_pool=True)
+    pool, client = lean
+    sha = await client.script_load(ECHO)
+    before = int((await client.info("stats"))["total_connections_received"])
+    # twenty at once on a pool of one connection: one batch, not a refusal
+    replies = await asyncio.gather(*(pool.run_script(sha, ECHO, [], [f"n{i}"]) for i in range(20)))
+    assert replies == [f"n{i}" for i in range(20)]
+    assert int((await client.info("stats"))["total_connections_received"]) == before
+    assert len(pool._available_connections) == 1
 
 
 async def test_an_error_reply_in_a_batch_reaches_its_own_caller_only(
@@ -233,11 +236,9 @@ async def test_a_call_cancelled_before_its_batch_is_sent_never_runs(
 
 
 async def test_a_batch_whose_callers_all_gave_up_closes_its_connection(
-    lean: tuple[LeanPool, aioredis.Redis],
+    slow: tuple[LeanPool, aioredis.Redis, str, str],
 ) -> None:
-    pool, client = lean
-    await client.delete("lean:slow")
-    slow_sha, echo_sha = await client.script_load(SLOW), await client.script_load(ECHO)
+    pool, _, slow_sha, echo_sha = slow
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.05):
             await asyncio.gather(
@@ -251,29 +252,25 @@ async def test_a_batch_whose_callers_all_gave_up_closes_its_connection(
 
 
 async def test_a_batch_waits_for_a_connection_held_by_another_batch(
-    lean: tuple[LeanPool, aioredis.Redis],
+    slow: tuple[LeanPool, aioredis.Redis, str, str],
 ) -> None:
-    pool, client = lean
-    await client.delete("lean:held")
-    slow_sha, echo_sha = await client.script_load(SLOW), await client.script_load(ECHO)
-    first = asyncio.create_task(pool.run_script(slow_sha, SLOW, ["lean:held"], [100]))
+    pool, _, slow_sha, echo_sha = slow
+    first = asyncio.create_task(pool.run_script(slow_sha, SLOW, ["lean:slow"], [100]))
     await asyncio.sleep(0.02)  # the first batch holds the only connection
     assert await pool.run_script(echo_sha, ECHO, [], ["second"]) == "second"
     assert first.done() and first.result() == "slow"
 
 
 async def test_a_batch_past_its_deadline_fails_and_its_connection_is_closed(
-    lean: tuple[LeanPool, aioredis.Redis],
+    slow: tuple[LeanPool, aioredis.Redis, str, str],
 ) -> None:
-    pool, client = lean
-    await client.delete("lean:late")
-    slow_sha, echo_sha = await client.script_load(SLOW), await client.script_load(ECHO)
+    pool, client, slow_sha, echo_sha = slow
     pool.deadline = 0.05
     with pytest.raises(TimeoutError):
-        await pool.run_script(slow_sha, SLOW, ["lean:late"], [150])
+        await pool.run_script(slow_sha, SLOW, ["lean:slow"], [150])
     await asyncio.sleep(0.2)
     assert await pool.run_script(echo_sha, ECHO, [], ["next"]) == "next"
-    assert await client.get("lean:late") == "1"  # it ran once, and only once
+    assert await client.get("lean:slow") == "1"  # it ran once, and only once
 
 
 async def test_closing_the_pool_fails_the_batches_still_waiting(redis_url: str) -> None:
