@@ -323,3 +323,20 @@ def test_a_value_redis_py_would_not_encode_is_refused_alike(bad: object) -> None
         Connection().pack_command("EVALSHA", bad)  # type: ignore[arg-type]
     with pytest.raises(DataError):
         pack("EVALSHA", bad)  # type: ignore[arg-type]
+
+
+async def test_a_script_that_cannot_be_loaded_fails_its_calls_and_leaves_no_reply_behind(
+    lean: tuple[LeanPool, aioredis.Redis],
+) -> None:
+    pool, client = lean
+    broken = "return ("  # SCRIPT LOAD refuses it: the EVALSHA after it answers NOSCRIPT
+    echo_sha = await client.script_load(ECHO)
+    replies = await asyncio.gather(
+        pool.run_script("0" * 40, broken, [], []),
+        pool.run_script("0" * 40, broken, [], []),
+        return_exceptions=True,
+    )
+    for reply in replies:
+        assert isinstance(reply, ResponseError) and "compiling" in str(reply).lower(), reply
+    # the only connection: an unread reply would be taken for this one
+    assert await pool.run_script(echo_sha, ECHO, [], ["next"]) == "next"

@@ -228,11 +228,18 @@ async def _exchange_on(conn: AbstractConnection, calls: list[_Call]) -> None:
     sources = {call.sha: call.source for call in unknown}
     load = [pack("SCRIPT", "LOAD", source) for source in sources.values()]
     await conn.send_packed_command(load + [call.command for call in unknown], False)
+    refused: ResponseError | None = None  # a SCRIPT LOAD the server refused
     for _ in load:
-        await conn.read_response()
+        try:
+            await conn.read_response()
+        except ResponseError as exc:
+            refused = exc
+    # every reply is read, whatever failed: none may be left for the next batch
     for call in unknown:
         try:
             reply = await conn.read_response()
+        except NoScriptError as exc:  # its script could not be loaded: that is the error
+            reply = refused or exc
         except ResponseError as exc:
             reply = exc
         _settle(call.future, reply)
