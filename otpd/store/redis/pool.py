@@ -75,16 +75,12 @@ class _Batch:
         self.calls: list[_Call] = []
         self.task: asyncio.Task[None] | None = None
 
-    def given_up(self, future: asyncio.Future[Any]) -> None:
-        """A caller's future is done: once every caller of a sent batch has given up, its
-        task is cancelled (no one waits for those replies; its connection is closed)."""
+    def given_up(self) -> None:
+        """A caller gave up (its wait was cancelled): once every caller of a sent batch
+        has, its task is cancelled (no one waits for those replies; its connection is
+        closed)."""
         task = self.task
-        if (
-            future.cancelled()
-            and task is not None
-            and not task.done()
-            and all(call.future.done() for call in self.calls)
-        ):
+        if task is not None and not task.done() and all(c.future.done() for c in self.calls):
             task.cancel()
 
     def fail(self, exc: BaseException) -> None:
@@ -173,8 +169,11 @@ class _Lean(ConnectionPool):
             self._exchanges.add(task)
             task.add_done_callback(self._exchanges.discard)
         batch.calls.append(call)
-        call.future.add_done_callback(batch.given_up)
-        return await call.future
+        try:
+            return await call.future
+        except asyncio.CancelledError:
+            batch.given_up()
+            raise
 
     async def _exchange(self, batch: _Batch) -> None:
         """Send ``batch`` on one connection and hand each reply to its caller."""
