@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import pytest
 import redis
 import redis.asyncio as aioredis
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
@@ -501,3 +501,32 @@ async def test_hashes_are_read_while_redis_is_out_of_memory(
             finally:
                 await raw.config_set("maxmemory", 0)
                 await raw.aclose()
+
+
+_FIELD_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)  # each example writes to a user of its own: the store needs no reset between them
+@given(
+    st.lists(
+        st.dictionaries(
+            st.text("abcdefgh_", min_size=1, max_size=8).filter(lambda k: k not in ("id", "at")),
+            _FIELD_TEXT,
+            max_size=6,
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
+async def test_audit_records_of_one_call_keep_every_field_whatever_it_holds(
+    rstore: RedisStore, records: list[dict[str, str]]
+) -> None:
+    user = f"audit-{uuid.uuid4().hex}"
+    now = 1_700_000_000.0
+    entries = [({"event": "e", **r}, user, now + i) for i, r in enumerate(records)]
+    await rstore.append_audits(entries, 86_400_000)
+    events, _ = await rstore.audit_events(user, None, None, None, 10, None)
+    kept = [{k: v for k, v in e.items() if k != "id"} for e in reversed(events)]
+    assert kept == [{"event": "e", **r} for r in records]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
@@ -722,9 +721,9 @@ class RedisStore:
         audit_args: list[Any] = [0]
         if audit is not None:
             # the user's stream shares the code's hash tag: one slot, on a cluster too
-            stream, six = self.audit_args(audit)
+            stream, record_args = self.audit_args(audit)
             audit_keys.append(stream)
-            audit_args = [1, *six]
+            audit_args = [1, *record_args]
         reply = await self.script(
             "put_limited",
             [key, *limit_keys, *suppressed, *task_keys, *audit_keys],
@@ -1095,7 +1094,7 @@ class RedisStore:
         return [str(r) for r in await self.script("audit_append", keys, args)]
 
     def audit_args(self, audit: AuditDraft) -> tuple[str, list[Any]]:
-        """The stream of ``audit`` and the six arguments a script's ``audit_add`` takes
+        """The stream of ``audit`` and the arguments a script's ``audit_add_argv`` takes
         (see audit_append.lua), for a script that keeps the record with its own work."""
         return self._audit_args(audit.record, audit.user_id, audit.retention_ms, audit.now)
 
@@ -1111,13 +1110,10 @@ class RedisStore:
             # exact: a user's stream is small, and what outlived the retention must go
             key = self.layout.audit_user(user_id)
             trim = ["MINID", max(0, now_ms - retention_ms), "="]
-        # the fields as one JSON array: one argument to encode instead of two per field
-        flat = json.dumps(
-            [part for item in record.items() for part in item],
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
-        return key, [now_ms, *trim, max(1, retention_ms), flat]
+        # the fields as arguments of their own (hiredis packs them in C; Lua takes them as
+        # they are, where one JSON argument had to be encoded here and decoded there)
+        flat = [part for item in record.items() for part in item]
+        return key, [now_ms, *trim, max(1, retention_ms), len(flat), *flat]
 
     async def audit_events(
         self,

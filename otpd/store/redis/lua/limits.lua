@@ -111,13 +111,16 @@ local function audit_add(key, now_ms, trim, exact, threshold, ttl_ms, fields)
   return added
 end
 
--- audit_add of the record whose six arguments start at ARGV[b], as RedisStore.audit_args
--- gives them to every script: now_ms, trim, threshold, exactness, ttl_ms, the fields as a
--- JSON array [field, value, ...]; extra (field, value, ...) goes after those fields.
+-- audit_add of the record whose arguments start at ARGV[b], as RedisStore.audit_args gives
+-- them to every script: now_ms, trim, threshold, exactness, ttl_ms, f, then the record's
+-- f strings field, value, ...; extra (field, value, ...) goes after those fields.
+-- -> the new entry's id, and the index of the argument after the record's
 local function audit_add_argv(key, b, extra)
-  local fields = cjson.decode(ARGV[b + 5])
+  local f = tonumber(ARGV[b + 5])
+  local fields = {unpack(ARGV, b + 6, b + 5 + f)}
   for i = 1, #(extra or {}) do
     fields[#fields + 1] = extra[i]
   end
-  return audit_add(key, ARGV[b], ARGV[b + 1], ARGV[b + 3], ARGV[b + 2], ARGV[b + 4], fields)
+  local id = audit_add(key, ARGV[b], ARGV[b + 1], ARGV[b + 3], ARGV[b + 2], ARGV[b + 4], fields)
+  return id, b + 6 + f
 end

@@ -10,7 +10,7 @@
 --   then (task record, ready stream) * t; then, with u = 1, the audit stream
 -- ARGV: now_ms, ttl_ms, member, n, (limit, window_ms, distinct, member) * n, s, t,
 --   (task_id, ttl_seconds, max_backlog, f, (field, value) * f/2) * t,
---   u (0 | 1), with u = 1 the six arguments of the audit record (audit_add_argv), then
+--   u (0 | 1), with u = 1 the arguments of the audit record (audit_add_argv), then
 --   (field, value) * m
 -- -> {1, entry_id * t} stored | {0, limit_index, retry_ms} | {2, suppression_index, 0}
 --    | {3, task_index, 0} (its stream is full)
@@ -43,7 +43,7 @@ end
 local audit_at = nil
 if ARGV[a] == '1' then
   audit_at = a + 1
-  a = a + 7
+  a = a + 7 + tonumber(ARGV[a + 6])
 else
   a = a + 1
 end

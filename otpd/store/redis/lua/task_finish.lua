@@ -5,7 +5,7 @@
 -- KEYS[1] the record, KEYS[2] the ready stream, KEYS[3] the dead-letter stream,
 --   KEYS[4] (optional) an audit stream
 -- ARGV: group, entry_id, dead (0|1), dead_ttl_seconds, dead_min_id, m, then with KEYS[4]
---   six for the audit record (now_ms, trim, threshold, exactness, ttl_ms, JSON fields, as
+--   the audit record's (now_ms, trim, threshold, exactness, ttl_ms, f, f strings, as
 --   audit_append.lua takes them), then (field, value) * m for the record, then
 --   (field, value) * k for the dead letter
 -- -> 1 | 0 when the record was gone (the entry is acknowledged and the audit record kept
@@ -16,8 +16,8 @@ if ARGV[2] ~= '' then
 end
 local a = 7
 if KEYS[4] then
-  audit_add_argv(KEYS[4], 7)
-  a = 13
+  local _
+  _, a = audit_add_argv(KEYS[4], 7)
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0

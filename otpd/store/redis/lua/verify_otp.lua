@@ -1,5 +1,5 @@
 -- KEYS[1] code hash, KEYS[2] (optional) the user's audit stream
--- ARGV: code_hash, now (seconds, like expires_at); with KEYS[2] the six arguments of the
+-- ARGV: code_hash, now (seconds, like expires_at); with KEYS[2] the arguments of the
 -- audit record (audit_add_argv), with the fields known before the verify
 -- -> {reason, attempts_left, otp_id, channel, range_hash, created_at, tracked}; reason "ok"
 -- consumes the code. With KEYS[2] the verify's audit record is kept with the outcome's
