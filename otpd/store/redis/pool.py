@@ -214,34 +214,33 @@ async def _exchange_on(conn: AbstractConnection, calls: list[_Call]) -> None:
     await conn.send_packed_command([call.command for call in calls], False)
     unknown: list[_Call] = []
     for call in calls:
-        try:
-            reply = await conn.read_response()
-        except NoScriptError:
+        reply = await _read(conn)
+        if isinstance(reply, NoScriptError):
             unknown.append(call)  # not run: the server did not hold it
-            continue
-        except ResponseError as exc:  # this call's error reply; the connection serves on
-            reply = exc
-        _settle(call.future, reply)
+        else:
+            _settle(call.future, reply)
     if not unknown:
         return
     sources = {call.sha: call.source for call in unknown}
     load = [pack("SCRIPT", "LOAD", source) for source in sources.values()]
     await conn.send_packed_command(load + [call.command for call in unknown], False)
-    refused: ResponseError | None = None  # a SCRIPT LOAD the server refused
-    for _ in load:
-        try:
-            await conn.read_response()
-        except ResponseError as exc:
-            refused = exc
     # every reply is read, whatever failed: none may be left for the next batch
+    loaded = [await _read(conn) for _ in load]
+    refused = next((r for r in loaded if isinstance(r, ResponseError)), None)
     for call in unknown:
-        try:
-            reply = await conn.read_response()
-        except NoScriptError as exc:  # its script could not be loaded: that is the error
-            reply = refused or exc
-        except ResponseError as exc:
-            reply = exc
-        _settle(call.future, reply)
+        reply = await _read(conn)
+        # a script that could not be loaded: the refusal is its error
+        lost = refused is not None and isinstance(reply, NoScriptError)
+        _settle(call.future, refused if lost else reply)
+
+
+async def _read(conn: AbstractConnection) -> Any:
+    """The next reply; an error reply as its exception, returned (the connection serves
+    on after it), not raised."""
+    try:
+        return await conn.read_response()
+    except ResponseError as exc:
+        return exc
 
 
 def _settle(future: asyncio.Future[Any], reply: Any) -> None:

@@ -436,7 +436,7 @@ class RedisStore:
         finally:
             gate.release()
 
-    async def _call(self, op: str, fn: Callable[[], Awaitable[T]], timed: bool = True) -> T:
+    async def _call(self, op: str, fn: Callable[[], Awaitable[T]], timed: bool) -> T:
         try:
             if self.cluster or not timed:
                 # the cluster client times each command and retries by itself
@@ -525,7 +525,7 @@ class RedisStore:
         over slots; ``WAIT`` after a read would refuse it for replicas behind)."""
         if not keys:
             return []
-        if self._lean is not None and not self._acks and not self.cluster:
+        if self._lean is not None and not self._acks:  # no lean pool on a cluster
             replies = await self.script("hashes_of", keys, [])
             return [dict(zip(r[::2], r[1::2], strict=True)) for r in replies]
 
