@@ -175,13 +175,22 @@ async def slow(
 
 
 async def test_the_calls_of_one_turn_go_out_together_on_one_connection_each_with_its_reply(
-    lean: tuple[LeanPool, aioredis.Redis],
+    lean: tuple[LeanPool, aioredis.Redis], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pool, client = lean
     sha = await client.script_load(ECHO)
     before = int((await client.info("stats"))["total_connections_received"])
+    sends: list[int] = []
+    send = Connection.send_packed_command
+
+    async def counted(conn: Connection, command: object, check_health: bool = True) -> None:
+        sends.append(len(command) if isinstance(command, list) else 1)
+        await send(conn, command, check_health)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Connection, "send_packed_command", counted)
     # twenty at once on a pool of one connection: one batch, not a refusal
     replies = await asyncio.gather(*(pool.run_script(sha, ECHO, [], [f"n{i}"]) for i in range(20)))
+    assert sends == [20]  # one write carried all twenty commands
     assert replies == [f"n{i}" for i in range(20)]
     assert int((await client.info("stats"))["total_connections_received"]) == before
     assert len(pool._available_connections) == 1
