@@ -563,10 +563,10 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             floor_last = bench.floor(floor_proc, floor_url)
             bench.procs.stop(floor_proc)
             floors = (floor_first, floor_last)
-            for when, run in zip(("first", "last"), floors, strict=True):
-                if run.problems():
-                    notes.append(f"floor ({when} run): {run.problems()}")
-            floor_rates = [run.ok / run.seconds for run in floors]
+            for when, closed in zip(("first", "last"), floors, strict=True):
+                if closed.problems():
+                    notes.append(f"floor ({when} run): {closed.problems()}")
+            floor_rates = [closed.ok / closed.seconds for closed in floors]
             floor_rate = sum(floor_rates) / 2
             floor_cpu = sum(run.cpu_seconds for run in floors) / sum(r.requests for r in floors)
     finally:
